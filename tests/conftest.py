@@ -1,0 +1,78 @@
+"""Shared fixtures: a tokenizer trained at test time and tiny OPT / Llama models built from config.
+
+Everything runs offline on CPU in seconds; the hub is never contacted.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")  # every hub name would otherwise cost 20–45 s of retries
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+SST2_SAMPLE = ROOT / "zoft" / "tasks" / "data" / "sst2"
+
+
+def _corpus() -> list[str]:
+    lines = (SST2_SAMPLE / "train.tsv").read_text().splitlines()[1:600]
+    extra = ["It was terrible", "It was great", "Yes", "No", "Maybe", "Does this mean that", "is true? Yes or No?"]
+    return [line.split("\t")[0] for line in lines] + extra * 20
+
+
+def build_tokenizer():
+    """A byte-level BPE tokenizer (vocab 400) trained on SST-2 sentences, wrapped for transformers."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=400, special_tokens=["<pad>", "<s>", "</s>", "<unk>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(_corpus(), trainer)
+    # prepend BOS like OPT and Llama tokenizers do, so BOS handling is exercised
+    tok.post_processor = processors.TemplateProcessing(single="<s> $A", special_tokens=[("<s>", 1)])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+def build_model(kind: str, vocab_size: int):
+    """A 2-layer, hidden-32 OPT or Llama with deterministic weights."""
+    from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
+
+    torch.manual_seed(0)
+    common = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                  max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    if kind == "opt":
+        model = OPTForCausalLM(OPTConfig(ffn_dim=64, word_embed_proj_dim=32, dropout=0.1, **common))
+    else:
+        model = LlamaForCausalLM(LlamaConfig(intermediate_size=64, num_key_value_heads=2, **common))
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def tokenizer():
+    return build_tokenizer()
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dirs(tmp_path_factory, tokenizer) -> dict[str, Path]:
+    """{'opt': dir, 'llama': dir}: HF model dirs (safetensors + tokenizer) of the tiny models."""
+    dirs = {}
+    for kind in ("opt", "llama"):
+        path = tmp_path_factory.mktemp(f"tiny-{kind}")
+        build_model(kind, len(tokenizer)).save_pretrained(path)
+        tokenizer.save_pretrained(path)
+        dirs[kind] = path
+    return dirs
+
+
+@pytest.fixture(params=["opt", "llama"])
+def tiny_model_dir(request, tiny_model_dirs) -> Path:
+    return tiny_model_dirs[request.param]

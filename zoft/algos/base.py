@@ -1,0 +1,170 @@
+"""The torch.optim-style base class every ZO algorithm derives from.
+
+A ZO optimizer is built over the trainable tensors and stepped with a loss closure that runs one forward on a
+fixed minibatch and returns the loss (a float or a 0-d tensor)::
+
+    opt = zoft.MeZO(zoft.trainable_parameters(model), lr=1e-6, eps=1e-3)
+    for batch in loader:
+        loss = opt.step(lambda: model(**batch).loss)
+
+The closure is called under `torch.inference_mode()` (no autograd graph, so ZO trains with the memory of
+inference) and must be deterministic: put the model in `eval()` mode so dropout cannot change the loss between
+the two probes of a step (ALGORITHMS.md §1.1).
+
+Subclasses implement `_zo_step(closure, seed)`; this class owns the step counter, the step seed, the forward
+count, weight-decay exemptions and checkpointable state. Adding an algorithm is one file plus one entry in
+`zoft.algos.ALGORITHMS`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import torch
+
+from zoft.perturb import PerturbationEngine, step_seed
+
+Closure = Callable[[], "float | torch.Tensor"]
+
+# MeZO excludes bias and LayerNorm weights from decay; widened to RMSNorm-style LLaMA names (ALGORITHMS.md §1.6).
+_NO_DECAY_MARKERS = ("bias", "norm", "layer_norm", "layernorm", "ln_")
+
+
+class NonFiniteLossError(RuntimeError):
+    """A probe returned NaN/inf; the weights have been restored to their value before the step."""
+
+
+def decays(name: str | None, param: torch.Tensor) -> bool:
+    """Whether weight decay applies: 2-D+ tensors whose name has none of the bias/norm markers."""
+    if param.ndim < 2:
+        return False
+    return name is None or not any(m in name.lower() for m in _NO_DECAY_MARKERS)
+
+
+def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
+    """The trainable tensors as (name, param) sorted by name: the fixed order that fixes each tensor's seed."""
+    return sorted(((n, p) for n, p in model.named_parameters() if p.requires_grad), key=lambda np_: np_[0])
+
+
+class ZOOptimizer(torch.optim.Optimizer):
+    """Base of all ZO optimizers.
+
+    Args:
+        params: tensors, (name, tensor) pairs (names enable the bias/norm weight-decay exemption) or param-group
+            dicts as for `torch.optim`.
+        lr: learning rate η.
+        eps: perturbation scale ε.
+        weight_decay: decoupled weight decay λ (not applied to 1-D, bias or norm tensors).
+        seed: run seed; step t perturbs with seed mix(seed, t).
+    """
+
+    #: one line for `zoft list` and `--help`: when to pick this algorithm
+    summary: str = ""
+    #: paper reference shown by `zoft list`
+    paper: str = ""
+    #: forward passes per step, for budgets and logs
+    forwards_per_step: int = 2
+    #: defaults for full fine-tuning (ALGORITHMS.md §9)
+    default_lr: float = 1e-6
+    default_eps: float = 1e-3
+
+    def __init__(self, params: Iterable[Any], lr: float | None = None, eps: float | None = None,
+                 weight_decay: float = 0.0, seed: int = 0, **defaults: Any):
+        lr = self.default_lr if lr is None else lr
+        eps = self.default_eps if eps is None else eps
+        if not lr > 0:
+            raise ValueError(f"lr must be > 0, got {lr}")
+        if not eps > 0:
+            raise ValueError(f"eps must be > 0, got {eps}")
+        if weight_decay < 0:
+            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
+        super().__init__(_as_groups(params), dict(lr=lr, eps=eps, weight_decay=weight_decay, **defaults))
+        self.seed = int(seed)
+        self.t = 0  # steps taken; the next step uses step_seed(seed, t)
+        self.forwards = 0
+        self._tensors: list[torch.Tensor] = []
+        self._group_index: list[int] = []
+        self._decay: list[bool] = []
+        for gi, group in enumerate(self.param_groups):
+            names = group.get("param_names") or [None] * len(group["params"])
+            for name, p in zip(names, group["params"]):
+                self._tensors.append(p)
+                self._group_index.append(gi)
+                self._decay.append(decays(name, p))
+        self.engine = PerturbationEngine(self._tensors)
+        self.last: dict[str, float] = {}  # scalars of the last step (projected_grad, loss_plus, ...) for logging
+
+    # -- helpers for subclasses ---------------------------------------------------------------------------
+    def hyper(self, index: int) -> dict[str, Any]:
+        """The param group (lr, eps, weight_decay, ...) of tensor `index`, read at step time so schedulers work."""
+        return self.param_groups[self._group_index[index]]
+
+    def decay_factor(self, index: int) -> float:
+        """c = 1 − η·λ for decayed tensors, 1 otherwise."""
+        group = self.hyper(index)
+        return 1.0 - group["lr"] * group["weight_decay"] if self._decay[index] else 1.0
+
+    def evaluate(self, closure: Closure) -> float:
+        """One forward: the closure under inference mode, its loss read back as a Python float.
+
+        Reading the float is the only host-device sync of a step.
+        """
+        with torch.inference_mode():
+            loss = closure()
+        self.forwards += 1
+        return float(loss)
+
+    # -- public API ---------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def step(self, closure: Closure | None = None) -> float:  # type: ignore[override]
+        """Take one ZO step; returns the loss to report (no extra forward is spent on it)."""
+        if closure is None:
+            raise ValueError(f"{type(self).__name__}.step needs a closure that returns the minibatch loss")
+        loss = self._zo_step(closure, step_seed(self.seed, self.t))
+        self.t += 1
+        return loss
+
+    def _zo_step(self, closure: Closure, seed: int) -> float:
+        raise NotImplementedError  # abstract: each algorithm defines its step
+
+    def state_bytes(self) -> int:
+        """Persistent optimizer state in bytes (beyond the weights)."""
+        return sum(t.numel() * t.element_size() for s in self.state.values() for t in s.values()
+                   if isinstance(t, torch.Tensor))
+
+    def state_dict(self) -> dict[str, Any]:
+        sd = super().state_dict()
+        sd["zo"] = {"t": self.t, "seed": self.seed, "forwards": self.forwards, "algo": type(self).__name__}
+        return sd
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        state_dict = dict(state_dict)
+        zo = state_dict.pop("zo")
+        if zo["algo"] != type(self).__name__:
+            raise ValueError(f"optimizer state is from {zo['algo']}, not {type(self).__name__}")
+        super().load_state_dict(state_dict)
+        self.t, self.seed, self.forwards = int(zo["t"]), int(zo["seed"]), int(zo["forwards"])
+
+
+def check_finite(opt: ZOOptimizer, seed: int, losses: Iterable[float], offset: float) -> None:
+    """Raise NonFiniteLossError after undoing the current perturbation (θ ← θ + offset·z) if a loss is NaN/inf."""
+    bad = [x for x in losses if not math.isfinite(x)]
+    if bad:
+        opt.engine.add_(seed, offset)  # weights back to their pre-step value: nothing is lost
+        raise NonFiniteLossError(
+            f"loss became {bad[0]} at step {opt.t}; weights were restored. With float16 weights try "
+            "--dtype bfloat16 or float32; otherwise lower --lr or --eps")
+
+
+def _as_groups(params: Iterable[Any]) -> list[dict[str, Any]]:
+    """Normalise tensors / (name, tensor) pairs / group dicts into torch param groups with `param_names`."""
+    items = list(params)
+    if not items:
+        raise ValueError("optimizer got an empty parameter list")
+    if isinstance(items[0], dict):
+        return [dict(g, params=list(g["params"])) for g in items]
+    if isinstance(items[0], tuple):
+        return [{"params": [p for _, p in items], "param_names": [n for n, _ in items]}]
+    return [{"params": items}]

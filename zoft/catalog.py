@@ -1,0 +1,36 @@
+"""What `zoft list` shows: the algorithm and task registries and the shipped recipes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+
+def recipe_description(path: Path) -> str:
+    """The first line of a recipe's header comment."""
+    for line in path.read_text().splitlines():
+        if line.startswith("#"):
+            return line.lstrip("# ").strip()
+        if line.strip():
+            break
+    return ""
+
+
+def catalog(recipes_dir: Path) -> dict[str, list[dict[str, Any]]]:
+    from zoft.algos import ALGORITHMS
+    from zoft.tasks import TASKS
+
+    algorithms = [{"name": name, "forwards_per_step": cls.forwards_per_step, "summary": cls.summary,
+                   "paper": cls.paper, "default_lr": cls.default_lr, "default_eps": cls.default_eps}
+                  for name, cls in ALGORITHMS.items()]
+    tasks = [{"name": name, "description": t.description, "metric": t.metric}
+             for name, t in TASKS.items()]
+    tasks.append({"name": "custom", "description": "your jsonl/csv: --data-file --text-field --label-field "
+                  "--verbalizer --template", "metric": "accuracy"})
+    recipes = []
+    if recipes_dir.is_dir():
+        for path in sorted(recipes_dir.rglob("*.yaml")):
+            recipes.append({"path": str(path.relative_to(recipes_dir.parent)),
+                            "description": recipe_description(path)})
+    return {"algorithms": algorithms, "tasks": tasks, "recipes": recipes}
+

@@ -1,0 +1,306 @@
+"""The `zoft` command line: parsing, messages and exit codes only; the work happens in the library.
+
+Exit codes: 0 ok, 1 runtime error, 2 usage/config/data error, 130 (SIGINT) / 143 (SIGTERM) after saving a
+checkpoint. torch and transformers are imported inside the commands so `zoft --help` stays fast.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Annotated, Any, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from zoft import __version__
+from zoft.config import ConfigError, TrainConfig
+
+app = typer.Typer(
+    name="zoft",
+    help="Zeroth-order fine-tuning of Hugging Face causal LMs with the memory of inference.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+    context_settings={"help_option_names": ["-h", "--help"]},
+    pretty_exceptions_show_locals=False,
+)
+out = Console()                 # results (tables, --json) on stdout
+err = Console(stderr=True)      # progress, info and errors on stderr
+RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
+_D = TrainConfig()              # defaults, shown in --help
+
+
+class Dtype(str, Enum):
+    auto = "auto"
+    float32 = "float32"
+    bfloat16 = "bfloat16"
+    float16 = "float16"
+
+
+class Device(str, Enum):
+    auto = "auto"
+    cpu = "cpu"
+    cuda = "cuda"
+
+
+def _fail(message: str, code: int = 2) -> None:
+    err.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    raise typer.Exit(code)
+
+
+def _user_errors():
+    """The exception types a user can cause (→ exit 2)."""
+    from zoft.tasks import TaskDataError
+
+    return (ConfigError, TaskDataError)
+
+
+def _version(value: bool) -> None:
+    if value:
+        out.print(f"zoft {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[bool, typer.Option("--version", callback=_version, is_eager=True,
+                                          help="Print the version and exit.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging and full tracebacks.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="Only warnings and errors.")] = False,
+) -> None:
+    """Zeroth-order fine-tuning of Hugging Face causal LMs with the memory of inference."""
+    from rich.logging import RichHandler
+
+    level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
+    logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)],
+                        force=True)
+    for noisy in ("transformers", "datasets", "huggingface_hub", "urllib3", "filelock", "httpx", "matplotlib"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+    _STATE["verbose"], _STATE["quiet"] = verbose, quiet
+
+
+_STATE: dict[str, bool] = {"verbose": False, "quiet": False}
+
+_TRAIN_EPILOG = """[bold]Examples[/]
+
+  zoft train --steps 200 --lr 1e-5 --data-dir builtin                 [dim]# embedded SmolLM2-135M, SST-2 sample[/]
+
+  zoft train --algo mezo --model facebook/opt-1.3b --task sst2 --lr 1e-6
+
+  zoft train recipes/smollm2-135m/mezo-sst2.yaml --steps 100 --output-dir runs/try   [dim]# recipe + override[/]
+"""
+
+M, DT, Z, TR, CK, HW = "Model", "Data", "ZO algorithm", "Training", "Checkpointing", "Hardware"
+
+
+@app.command(epilog=_TRAIN_EPILOG)
+def train(
+    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML with defaults for any option below; "
+                                                     "flags override it.", show_default=False)] = None,
+    model: Annotated[Optional[str], typer.Option(help="Hub id, local HF model dir, or the embedded offline "
+                                                 "default smollm2-135m.", show_default=_D.model,
+                                                 rich_help_panel=M)] = None,
+    task: Annotated[Optional[str], typer.Option(help="sst2, rte, boolq or custom (see `zoft list`).",
+                                                show_default=_D.task, rich_help_panel=DT)] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="Dir with the task's original files (GLUE tsv, "
+                                                    "SuperGLUE jsonl), or 'builtin' for zoft's SST-2 sample. "
+                                                    "Default: the Hub, falling back to the sample offline.",
+                                                    show_default=False, rich_help_panel=DT)] = None,
+    data_file: Annotated[Optional[str], typer.Option(help="Custom task: train jsonl/csv.", show_default=False,
+                                                     rich_help_panel=DT)] = None,
+    eval_file: Annotated[Optional[str], typer.Option(help="Custom task: eval jsonl/csv (default: rows of "
+                                                     "--data-file not sampled for train/dev).",
+                                                     show_default=False, rich_help_panel=DT)] = None,
+    text_field: Annotated[Optional[str], typer.Option(help="Custom task: text column (default sentence or text).",
+                                                      show_default=False, rich_help_panel=DT)] = None,
+    label_field: Annotated[Optional[str], typer.Option(help="Custom task: label column.",
+                                                       show_default=_D.label_field, rich_help_panel=DT)] = None,
+    verbalizer: Annotated[Optional[str], typer.Option(help="Custom task: label=word pairs, e.g. "
+                                                      "'0=terrible,1=great'.", show_default=False,
+                                                      rich_help_panel=DT)] = None,
+    template: Annotated[Optional[str], typer.Option(help="Custom task: prompt template over the columns, e.g. "
+                                                    "'{sentence} It was'.", show_default=False,
+                                                    rich_help_panel=DT)] = None,
+    num_train: Annotated[Optional[int], typer.Option(help="Train examples sampled (MeZO protocol).",
+                                                     show_default=str(_D.num_train), rich_help_panel=DT)] = None,
+    num_dev: Annotated[Optional[int], typer.Option(help="Dev examples (taken from train) for checkpoint "
+                                                   "selection.", show_default="500", rich_help_panel=DT)] = None,
+    num_eval: Annotated[Optional[int], typer.Option(help="Eval examples sampled from the validation split.",
+                                                    show_default=str(_D.num_eval), rich_help_panel=DT)] = None,
+    train_set_seed: Annotated[Optional[int], typer.Option(help="Seed of the train/dev/eval sampling.",
+                                                          show_default=str(_D.train_set_seed),
+                                                          rich_help_panel=DT)] = None,
+    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sequence (left-truncated).",
+                                                      show_default=str(_D.max_length), rich_help_panel=DT)] = None,
+    algo: Annotated[Optional[str], typer.Option(help="ZO algorithm; `zoft list` says which to pick.",
+                                                show_default=_D.algo, rich_help_panel=Z)] = None,
+    lr: Annotated[Optional[float], typer.Option(help="Learning rate (constant). Default: the algorithm's "
+                                                "(MeZO full FT 1e-6).", show_default=False, rich_help_panel=Z)] = None,
+    eps: Annotated[Optional[float], typer.Option(help="Perturbation scale ε.", show_default="1e-3",
+                                                 rich_help_panel=Z)] = None,
+    weight_decay: Annotated[Optional[float], typer.Option(help="Decoupled weight decay (not on bias/norm).",
+                                                          show_default="0", rich_help_panel=Z)] = None,
+    steps: Annotated[Optional[int], typer.Option(help="ZO steps.", show_default=str(_D.steps),
+                                                 rich_help_panel=TR)] = None,
+    batch_size: Annotated[Optional[int], typer.Option(help="Examples per step.", show_default=str(_D.batch_size),
+                                                      rich_help_panel=TR)] = None,
+    micro_batch_size: Annotated[Optional[int], typer.Option(help="Examples per forward (exact accumulation "
+                                                            "under one perturbation).", show_default="batch size",
+                                                            rich_help_panel=TR)] = None,
+    seed: Annotated[Optional[int], typer.Option(help="Run seed: perturbations and data order.",
+                                                show_default=str(_D.seed), rich_help_panel=TR)] = None,
+    eval_every: Annotated[Optional[int], typer.Option(help="Dev evaluation interval in steps (0: none).",
+                                                      show_default="steps/5", rich_help_panel=TR)] = None,
+    eval_batch_size: Annotated[Optional[int], typer.Option(help="Examples per evaluation forward.",
+                                                           show_default=str(_D.eval_batch_size),
+                                                           rich_help_panel=TR)] = None,
+    log_every: Annotated[Optional[int], typer.Option(help="Metrics/log line interval in steps.",
+                                                     show_default=str(_D.log_every), rich_help_panel=TR)] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Run dir.",
+                                                      show_default="runs/<algo>-<task>", rich_help_panel=CK)] = None,
+    save_every: Annotated[Optional[int], typer.Option(help="Checkpoint interval in steps (0: only best/ and "
+                                                      "final/).", show_default="eval interval",
+                                                      rich_help_panel=CK)] = None,
+    keep_last: Annotated[Optional[int], typer.Option(help="checkpoint-<step>/ dirs kept (0: all).",
+                                                     show_default=str(_D.keep_last), rich_help_panel=CK)] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run dir.",
+                                            rich_help_panel=CK)] = False,
+    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run dir's latest checkpoint.",
+                                         rich_help_panel=CK)] = False,
+    dtype: Annotated[Optional[Dtype], typer.Option(help="Weight dtype; auto = float32 on CPU, bfloat16 on CUDA.",
+                                                   show_default=_D.dtype, rich_help_panel=HW)] = None,
+    device: Annotated[Optional[Device], typer.Option(help="Where to run.", show_default=_D.device,
+                                                     rich_help_panel=HW)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
+) -> None:
+    """Fine-tune a causal LM with a zeroth-order algorithm (2–3 forwards per step, no backprop).
+
+    Writes config.yaml, metrics.jsonl, checkpoint-<step>/, best/, final/ (Hugging Face model dirs), eval.json
+    and loss.png to the run dir.
+    """
+    overrides: dict[str, Any] = {k: v for k, v in locals().items()
+                                 if k not in ("recipe", "as_json", "overwrite", "resume")}
+    overrides = {k: (v.value if isinstance(v, Enum) else v) for k, v in overrides.items()}
+    overrides["overwrite"] = overwrite or None
+    overrides["resume"] = resume or None
+    from zoft.config import resolve
+
+    try:
+        cfg = resolve(recipe, overrides)
+    except ConfigError as exc:
+        _fail(str(exc))
+    _run_training(cfg, as_json)
+
+
+def _run_training(cfg: TrainConfig, as_json: bool) -> None:
+    from zoft.progress import Reporter
+    from zoft.train import Interrupted, train as run_train
+
+    try:
+        summary = run_train(cfg, Reporter(err, quiet=_STATE["quiet"]))
+    except Interrupted as exc:
+        err.print(f"[yellow]interrupted:[/] saved {exc.checkpoint}; continue with --resume", highlight=False)
+        raise typer.Exit(exc.code)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/] before a checkpoint could be saved")
+        raise typer.Exit(130)
+    except Exception as exc:  # runtime failure: one line, traceback only with -v
+        if _STATE["verbose"]:
+            raise
+        _fail(f"{type(exc).__name__}: {exc} (rerun with -v for the traceback)", code=1)
+    if as_json:
+        out.print_json(json.dumps(summary))
+    else:
+        _print_summary(summary)
+
+
+def _print_summary(summary: dict[str, Any]) -> None:
+    zs = summary["zero_shot"]
+    table = Table(title=f"zoft {summary['config']['algo']} on {summary['config']['task']}  "
+                        f"({summary['output_dir']}, {summary['elapsed_s']:.0f} s)")
+    table.add_column("weights")
+    table.add_column("dev accuracy", justify="right")
+    table.add_column("eval accuracy", justify="right")
+    fmt = lambda x: "—" if x is None else f"{100 * x:.1f}%"  # noqa: E731
+    table.add_row("zero-shot", fmt(zs.get("dev_accuracy")), fmt(zs.get("eval_accuracy")))
+    table.add_row(f"[bold]fine-tuned[/] (best, step {summary['best_step']})", fmt(summary["best_dev_accuracy"]),
+                  fmt(summary["eval"]["eval_accuracy"]))
+    out.print(table)
+
+
+@app.command("eval", epilog="[bold]Examples[/]\n\n  zoft eval runs/mezo-sst2            [dim]# a run dir: "
+             "scores best/, writes eval.json[/]\n\n  zoft eval smollm2-135m --task sst2 --data-dir builtin   "
+             "[dim]# zero-shot baseline[/]")
+def eval_cmd(
+    model: Annotated[str, typer.Argument(help="A run dir (scores its best/), a checkpoint or model dir, a hub "
+                                         "id, or smollm2-135m.")],
+    task: Annotated[Optional[str], typer.Option(help="Task (default: the run's, else sst2).",
+                                                show_default=False, rich_help_panel=DT)] = None,
+    data_dir: Annotated[Optional[str], typer.Option(help="Dir with the task's original files, or 'builtin'.",
+                                                    show_default=False, rich_help_panel=DT)] = None,
+    num_eval: Annotated[Optional[int], typer.Option(help="Eval examples sampled from the validation split.",
+                                                    show_default="1000", rich_help_panel=DT)] = None,
+    train_set_seed: Annotated[Optional[int], typer.Option(help="Sampling seed.", show_default="0",
+                                                          rich_help_panel=DT)] = None,
+    batch_size: Annotated[int, typer.Option(help="Examples per forward.", rich_help_panel=TR)] = 16,
+    dtype: Annotated[Optional[Dtype], typer.Option(help="Weight dtype.", show_default="auto",
+                                                   rich_help_panel=HW)] = None,
+    device: Annotated[Optional[Device], typer.Option(help="Where to run.", show_default="auto",
+                                                     rich_help_panel=HW)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Score a model or checkpoint on a task's eval split (argmax of mean option log-prob).
+
+    Gives the zero-shot baseline of any base model. Given a run dir, evaluates its best/ checkpoint with the
+    run's task settings and writes eval.json into the run dir.
+    """
+    from zoft.evaluate import EvalRequest, run_eval
+
+    request = EvalRequest(model=model, task=task, data_dir=data_dir, num_eval=num_eval,
+                          train_set_seed=train_set_seed, batch_size=batch_size,
+                          dtype=dtype.value if dtype else None, device=device.value if device else None)
+    try:
+        report = run_eval(request)
+    except _user_errors() as exc:
+        _fail(str(exc))
+    except Exception as exc:
+        if _STATE["verbose"]:
+            raise
+        _fail(f"{type(exc).__name__}: {exc} (rerun with -v for the traceback)", code=1)
+    if as_json:
+        out.print_json(json.dumps(report))
+    else:
+        out.print(f"{report['task']} accuracy of {report['checkpoint']}: [bold]{100 * report['eval_accuracy']:.2f}%"
+                  f"[/] on {report['num_eval']} examples (loss {report['eval_loss']:.4f})", highlight=False)
+
+
+@app.command("list")
+def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """Show the algorithms, tasks and recipes zoft ships."""
+    from zoft.catalog import catalog
+
+    data = catalog(RECIPES_DIR)
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    for title, rows, columns in (
+        ("Algorithms", data["algorithms"], ("name", "forwards_per_step", "summary", "paper")),
+        ("Tasks", data["tasks"], ("name", "metric", "description")),
+        ("Recipes", data["recipes"], ("path", "description")),
+    ):
+        table = Table(title=title, title_justify="left")
+        for col in columns:
+            table.add_column(col.replace("_", " "), justify="right" if col == "forwards_per_step" else "left")
+        for row in rows:
+            table.add_row(*(str(row.get(c, "")) for c in columns))
+        out.print(table)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(app())

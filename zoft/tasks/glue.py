@@ -1,0 +1,99 @@
+"""SST-2, RTE and BoolQ with the MeZO prompts (ALGORITHMS.md §8.2).
+
+Each converter accepts both the Hugging Face Hub layout and the original file
+layout of the task (GLUE TSV / SuperGLUE JSONL), so ``--data-dir`` and Hub
+loading produce identical examples.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from zoft.tasks.base import Example, Task, TaskDataError
+
+_HUB_SPLITS = {"train": "train", "eval": "validation"}
+
+
+def _field(record: dict, names: tuple[str, ...], task: str) -> Any:
+    """Return the first of ``names`` present in ``record`` (layouts differ between Hub and files)."""
+    for name in names:
+        if name in record:
+            return record[name]
+    raise TaskDataError(
+        f"{task} record has no '{names[0]}' field (fields: {', '.join(map(str, record))}); check the data file format"
+    )
+
+
+def _label(value: Any, mapping: dict[str, int], task: str) -> int:
+    """Map a raw label (int, bool or string) to a candidate index via its lower-cased text."""
+    key = str(value).strip().lower()
+    if key not in mapping:
+        raise TaskDataError(f"{task} label {value!r} is not one of {', '.join(sorted(mapping))}; check the data file")
+    return mapping[key]
+
+
+def sst2_example(record: dict) -> Example:
+    """SST-2: ``{sentence} It was`` -> `` terrible`` (0) / `` great`` (1).
+
+    GLUE TSV sentences end with a space before the tab, hence the strip.
+    """
+    sentence = str(_field(record, ("sentence",), "sst2")).strip()
+    label = _label(_field(record, ("label",), "sst2"), {"0": 0, "1": 1}, "sst2")
+    return Example(prompt=f"{sentence} It was", candidates=(" terrible", " great"), label=label)
+
+
+def rte_example(record: dict) -> Example:
+    """RTE: premise + yes/no question -> ``Yes`` (entailment, 0) / ``No`` (1).
+
+    Files carry "entailment"/"not_entailment"; the Hub carries 0 = entailment.
+    ``sentence1``/``sentence2`` (GLUE layout) are accepted as premise/hypothesis.
+    """
+    premise = _field(record, ("premise", "sentence1"), "rte")
+    hypothesis = _field(record, ("hypothesis", "sentence2"), "rte")
+    mapping = {"entailment": 0, "not_entailment": 1, "0": 0, "1": 1}
+    label = _label(_field(record, ("label",), "rte"), mapping, "rte")
+    prompt = f'{premise}\nDoes this mean that "{hypothesis}" is true? Yes or No?\n'
+    return Example(prompt=prompt, candidates=("Yes", "No"), label=label)
+
+
+def boolq_example(record: dict) -> Example:
+    """BoolQ: ``{passage} {Question}?\\n`` -> ``No`` (false, 0) / ``Yes`` (true, 1).
+
+    The question is capitalised and ends with exactly one ``?``. The label is
+    ``label`` (SuperGLUE files, bool or 0/1) or ``answer`` (google/boolq, bool).
+    """
+    passage = _field(record, ("passage",), "boolq")
+    question = str(_field(record, ("question",), "boolq")).strip().rstrip("?").rstrip()
+    question = question[:1].upper() + question[1:]
+    mapping = {"false": 0, "true": 1, "0": 0, "1": 1}
+    label = _label(_field(record, ("label", "answer"), "boolq"), mapping, "boolq")
+    return Example(prompt=f"{passage} {question}?\n", candidates=("No", "Yes"), label=label)
+
+
+SST2 = Task(
+    name="sst2",
+    description="SST-2 (GLUE) sentiment: '<sentence> It was' -> terrible/great",
+    hub=("nyu-mll/glue", "sst2"),
+    hub_splits=_HUB_SPLITS,
+    files={"train": ("train.tsv", "train_full.tsv"), "eval": ("dev.tsv",)},
+    to_example=sst2_example,
+    builtin_dir="data/sst2",
+)
+
+RTE = Task(
+    name="rte",
+    description="RTE (SuperGLUE) entailment: premise + 'Does this mean that ...?' -> Yes/No",
+    hub=("aps/super_glue", "rte"),
+    hub_splits=_HUB_SPLITS,
+    files={"train": ("train.jsonl",), "eval": ("val.jsonl", "dev.jsonl")},
+    to_example=rte_example,
+)
+
+BOOLQ = Task(
+    name="boolq",
+    description="BoolQ yes/no questions: '<passage> <question>?' -> No/Yes",
+    hub=("google/boolq", None),
+    hub_splits=_HUB_SPLITS,
+    files={"train": ("train.jsonl", "boolq_train.jsonl"), "eval": ("val.jsonl", "dev.jsonl")},
+    to_example=boolq_example,
+)

@@ -1,0 +1,301 @@
+"""The training loop behind `zoft train`: one readable function, `train`, plus small helpers.
+
+Protocol (ALGORITHMS.md §8): sample train/dev/eval from the task, evaluate dev every `eval_every` steps (and at
+step 0, the zero-shot baseline), keep the checkpoint with the lowest dev loss as `best/`, and score the eval split
+(the task's validation split) with the best weights at the end. Each step draws batch t deterministically from
+(seed, t), so a resumed run sees exactly the batches the uninterrupted run would have.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import shutil
+import signal
+import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import yaml
+
+from zoft import __version__
+from zoft.algos import ALGORITHMS, trainable_parameters
+from zoft.checkpoint import (latest_checkpoint, load_optimizer_state, load_weights_into, prune_checkpoints,
+                             read_state, save_checkpoint)
+from zoft.config import ConfigError, TrainConfig, finalize, to_yaml
+from zoft.perturb import mix
+from zoft.progress import Reporter
+from zoft.scoring import Encoded, _pad_id, classification_loss, collate, encode_examples, evaluate
+
+log = logging.getLogger(__name__)
+
+# Settings that change the trajectory: a resume must use the same values as the run it continues.
+_TRAJECTORY_KEYS = ("model", "task", "data_dir", "data_file", "num_train", "num_dev", "train_set_seed",
+                    "max_length", "algo", "lr", "eps", "weight_decay", "batch_size", "seed", "dtype")
+
+
+class Interrupted(Exception):
+    """Training stopped by SIGINT/SIGTERM after saving a checkpoint; `code` is the exit code (130/143)."""
+
+    def __init__(self, code: int, checkpoint: Path):
+        super().__init__(f"interrupted; saved {checkpoint}")
+        self.code, self.checkpoint = code, checkpoint
+
+
+def build_task(cfg: TrainConfig):
+    """The Task object for `cfg.task` (a registered task, or a custom one built from files)."""
+    from zoft.tasks import custom_task, get_task
+
+    if cfg.task == "custom":
+        return custom_task(cfg.data_file, text_field=cfg.text_field, label_field=cfg.label_field,
+                           verbalizer=cfg.verbalizer, template=cfg.template, eval_file=cfg.eval_file)
+    return get_task(cfg.task)
+
+
+def batch_indices(step: int, batch_size: int, num_train: int, seed: int) -> list[int]:
+    """Example indices of batch `step`: a fresh permutation per epoch, a pure function of (seed, step)."""
+    out = []
+    for k in range(step * batch_size, (step + 1) * batch_size):
+        epoch, pos = divmod(k, num_train)
+        perm = _epoch_permutation(seed, epoch, num_train)
+        out.append(int(perm[pos]))
+    return out
+
+
+_PERM_CACHE: dict[tuple[int, int, int], np.ndarray] = {}
+
+
+def _epoch_permutation(seed: int, epoch: int, n: int) -> np.ndarray:
+    key = (seed, epoch, n)
+    if key not in _PERM_CACHE:
+        if len(_PERM_CACHE) > 4:
+            _PERM_CACHE.clear()
+        _PERM_CACHE[key] = np.random.RandomState(mix(seed, epoch, 0xDA7A) % (2**32)).permutation(n)
+    return _PERM_CACHE[key]
+
+
+def prepare_output_dir(cfg: TrainConfig) -> Path | None:
+    """Check the output dir against --overwrite/--resume; returns the checkpoint to resume from, if any."""
+    out = Path(cfg.output_dir)
+    if cfg.resume:
+        ckpt = latest_checkpoint(out)
+        if ckpt is None:
+            log.warning("--resume: no checkpoint in %s yet; starting from step 0", out)
+        else:
+            _check_resume_config(cfg, ckpt)
+        return ckpt
+    if out.exists() and any(out.iterdir()) and not cfg.overwrite:
+        raise ConfigError(f"--output-dir {out} already exists; pass --overwrite to replace it or --resume "
+                          "to continue it")
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output-dir {out} is a file; choose a directory")
+    return None
+
+
+def _check_resume_config(cfg: TrainConfig, ckpt: Path) -> None:
+    saved = yaml.safe_load((ckpt / "config.yaml").read_text())
+    diffs = [f"{k} ({saved.get(k)!r} in the run, {getattr(cfg, k)!r} now)" for k in _TRAJECTORY_KEYS
+             if saved.get(k) != getattr(cfg, k)]
+    if diffs:
+        raise ConfigError(f"--resume: {ckpt.parent} was trained with other settings: {'; '.join(diffs)}; "
+                          "use the same flags or a new --output-dir")
+
+
+@contextmanager
+def _stop_signals():
+    """First SIGINT/SIGTERM sets a flag the loop checks between steps (weights are never left perturbed);
+    a second one interrupts at once."""
+    flag: dict[str, int] = {}
+    previous = {}
+
+    def handler(signum, frame):
+        if flag:
+            signal.signal(signum, signal.SIG_DFL)
+            raise KeyboardInterrupt
+        flag["code"] = 128 + signum
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        try:
+            previous[sig] = signal.signal(sig, handler)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+    try:
+        yield flag
+    finally:
+        for sig, h in previous.items():
+            signal.signal(sig, h)
+
+
+class _Metrics:
+    """Appends JSON lines to metrics.jsonl and keeps them for the plot."""
+
+    def __init__(self, path: Path, keep_until_step: int | None):
+        self.path = path
+        self.records: list[dict[str, Any]] = []
+        if keep_until_step is not None and path.is_file():  # resume: drop what the lost steps logged
+            for line in path.read_text().splitlines():
+                rec = json.loads(line)
+                if rec.get("step", 0) <= keep_until_step and rec.get("event") != "end":
+                    self.records.append(rec)
+        path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+
+    def write(self, record: dict[str, Any]) -> None:
+        self.records.append(record)
+        with self.path.open("a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
+    """Run a ZO fine-tune as configured; returns the run summary (also written to summary.json)."""
+    from zoft.models import load_model
+    from zoft.tasks import load_splits
+    from zoft.plot import plot_metrics
+
+    cfg = finalize(cfg)
+    reporter = reporter or Reporter()
+    out = Path(cfg.output_dir)
+    task = build_task(cfg)  # custom tasks validate their files here, before any model loads
+    resume_from = prepare_output_dir(cfg)
+    splits = load_splits(task, cfg.data_dir, num_train=cfg.num_train, num_dev=cfg.num_dev,
+                         num_eval=cfg.num_eval, seed=cfg.train_set_seed)
+    if cfg.num_dev is None:
+        cfg.num_dev = len(splits.dev)
+    reporter.info(f"data: {splits.source}: {len(splits.train)} train / {len(splits.dev)} dev / "
+                  f"{len(splits.eval)} eval")
+    model, tokenizer, model_path = load_model(cfg.model, cfg.dtype, cfg.device)
+    device = next(model.parameters()).device
+    pad_id = _pad_id(tokenizer)
+    train_enc = encode_examples(tokenizer, splits.train, cfg.max_length)
+    dev_enc = encode_examples(tokenizer, splits.dev, cfg.max_length)
+    eval_enc = encode_examples(tokenizer, splits.eval, cfg.max_length)
+
+    named = trainable_parameters(model)
+    algo_cls = ALGORITHMS[cfg.algo]
+    opt = algo_cls(named, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, seed=cfg.seed)
+    n_trainable = sum(p.numel() for _, p in named)
+
+    if cfg.overwrite and out.exists():
+        shutil.rmtree(out)  # only now: a bad flag or a failed model load above loses nothing
+    out.mkdir(parents=True, exist_ok=True)
+    config_yaml = f"# zoft {__version__} resolved config; rerun with: zoft train {out / 'config.yaml'}\n" + \
+        to_yaml(cfg)
+    (out / "config.yaml").write_text(config_yaml)
+
+    state: dict[str, Any] = {"step": 0, "best_dev_loss": math.inf, "best_dev_accuracy": None, "best_step": None,
+                             "elapsed_s": 0.0, "train_s": 0.0, "zero_shot": {}}
+    if resume_from is not None:
+        load_weights_into(model, resume_from)
+        opt.load_state_dict(load_optimizer_state(resume_from))
+        state = read_state(resume_from)
+        reporter.info(f"resumed from {resume_from} at step {state['step']}")
+    metrics = _Metrics(out / "metrics.jsonl", state["step"] if resume_from is not None else None)
+    if resume_from is None:
+        metrics.write({"event": "start", "step": 0, "zoft": __version__, "model_path": model_path,
+                       "algo": cfg.algo, "trainable_params": n_trainable, "state_bytes": opt.state_bytes(),
+                       "dtype": str(next(model.parameters()).dtype), "device": str(device),
+                       "data": splits.source})
+    reporter.info(f"{cfg.algo} on {n_trainable:,} trainable params ({model_path}), "
+                  f"{opt.forwards_per_step} forwards/step, optimizer state {opt.state_bytes():,} B")
+
+    def closure_for(indices: list[int]):
+        chunks = [indices[i:i + cfg.micro_batch_size] for i in range(0, len(indices), cfg.micro_batch_size)]
+        batches = [collate([train_enc[i] for i in c], pad_id, device) for c in chunks]
+        return lambda: classification_loss(model, batches)
+
+    def run_eval(step: int) -> dict[str, Any]:
+        result = evaluate(model, dev_enc, pad_id, cfg.eval_batch_size, device)
+        rec = {"event": "eval", "step": step, "dev_accuracy": result["accuracy"], "dev_loss": result["loss"],
+               "forwards": opt.forwards, "elapsed_s": round(state["elapsed_s"], 3)}
+        metrics.write(rec)
+        reporter.info(f"step {step}: dev accuracy {result['accuracy']:.4f}, dev loss {result['loss']:.4f}")
+        return result
+
+    def save(path: Path) -> None:
+        save_checkpoint(path, model, tokenizer, opt, state, config_yaml)
+
+    start_step = state["step"]
+    if start_step == 0 and len(dev_enc) and cfg.eval_every > 0:
+        zs = run_eval(0)
+        state["zero_shot"]["dev_accuracy"] = zs["accuracy"]
+        if len(eval_enc):
+            zs_eval = evaluate(model, eval_enc, pad_id, cfg.eval_batch_size, device)
+            state["zero_shot"]["eval_accuracy"] = zs_eval["accuracy"]
+            metrics.write({"event": "eval", "step": 0, "eval_accuracy": zs_eval["accuracy"],
+                           "eval_loss": zs_eval["loss"], "forwards": 0, "elapsed_s": 0.0})
+        state.update(best_dev_loss=zs["loss"], best_dev_accuracy=zs["accuracy"], best_step=0)
+        save(out / "best")
+
+    window: list[float] = []
+    zero_losses = 0
+    t_last = time.perf_counter()
+    train_s_start = state["train_s"]
+    with _stop_signals() as stop, reporter.progress(cfg.steps, start_step) as bar:
+        for step in range(start_step, cfg.steps):
+            t_step = time.perf_counter()
+            loss = opt.step(closure_for(batch_indices(step, cfg.batch_size, len(train_enc), cfg.seed)))
+            state["train_s"] += time.perf_counter() - t_step  # steps only: evals and saves excluded from it/s
+            # fp16 LLaMA runs are reported to collapse to exactly-zero loss (ALGORITHMS.md §1.8)
+            zero_losses = zero_losses + 1 if loss == 0.0 else 0
+            if zero_losses >= 20:
+                raise RuntimeError("loss has been exactly 0.0 for 20 steps (fp16 collapse?); use --dtype "
+                                   "bfloat16 or float32")
+            window.append(loss)
+            now = time.perf_counter()
+            state["elapsed_s"] += now - t_last
+            t_last = now
+            state["step"] = done = step + 1
+            bar.update(done, loss, opt.param_groups[0]["lr"])
+            if done % cfg.log_every == 0 or done == cfg.steps:
+                rate = (done - start_step) / max(state["train_s"] - train_s_start, 1e-9)
+                rec = {"event": "train", "step": done, "loss": sum(window) / len(window),
+                       "lr": opt.param_groups[0]["lr"], "projected_grad": opt.last.get("projected_grad"),
+                       "forwards": opt.forwards, "elapsed_s": round(state["elapsed_s"], 3),
+                       "steps_per_s": round(rate, 4)}
+                metrics.write(rec)
+                bar.log_line(done, cfg.steps, rec)
+                window.clear()
+            if cfg.eval_every and done % cfg.eval_every == 0 and len(dev_enc):
+                result = run_eval(done)
+                if result["loss"] < state["best_dev_loss"]:
+                    state.update(best_dev_loss=result["loss"], best_dev_accuracy=result["accuracy"],
+                                 best_step=done)
+                    save(out / "best")
+                plot_metrics(metrics.records, out / "loss.png")
+            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+                save(out / f"checkpoint-{done}")
+                prune_checkpoints(out, cfg.keep_last)
+            if stop and done < cfg.steps:
+                path = out / f"checkpoint-{done}"
+                save(path)
+                raise Interrupted(stop["code"], path)
+
+    save(out / "final")
+    if state["best_step"] is None:  # no dev evaluation: the final weights are the best we know
+        state["best_step"] = cfg.steps
+        shutil.copytree(out / "final", out / "best", dirs_exist_ok=True)
+    summary = _final_eval(cfg, state, model, eval_enc, pad_id, device, out)
+    metrics.write({"event": "end", "step": cfg.steps, **summary["eval"]})
+    plot_metrics(metrics.records, out / "loss.png")
+    (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    return summary
+
+
+def _final_eval(cfg: TrainConfig, state: dict[str, Any], model, eval_enc: list[Encoded], pad_id: int,
+                device, out: Path) -> dict[str, Any]:
+    """Score the eval split with the best weights (loaded in place) and write eval.json."""
+    if state["best_step"] != cfg.steps:
+        load_weights_into(model, out / "best")
+    result = evaluate(model, eval_enc, pad_id, cfg.eval_batch_size, device) if eval_enc else {}
+    report = {"task": cfg.task, "checkpoint": str(out / "best"), "best_step": state["best_step"],
+              "eval_accuracy": result.get("accuracy"), "eval_loss": result.get("loss"),
+              "num_eval": result.get("num_examples", 0)}
+    (out / "eval.json").write_text(json.dumps(report, indent=1))
+    return {"output_dir": str(out), "config": dataclasses.asdict(cfg), "zero_shot": state["zero_shot"],
+            "best_step": state["best_step"], "best_dev_accuracy": state["best_dev_accuracy"],
+            "best_dev_loss": state["best_dev_loss"] if math.isfinite(state["best_dev_loss"]) else None,
+            "eval": report, "elapsed_s": round(state["elapsed_s"], 2)}
