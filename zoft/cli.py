@@ -196,12 +196,12 @@ def train(
     _run_training(cfg, as_json)
 
 
-def _run_training(cfg: TrainConfig, as_json: bool) -> None:
-    from zoft.progress import Reporter
-    from zoft.train import Interrupted, train as run_train
+def _guarded(fn, *args):
+    """Run a library call, turning its exceptions into one line and the documented exit code."""
+    from zoft.train import Interrupted
 
     try:
-        summary = run_train(cfg, Reporter(err, quiet=_STATE["quiet"]))
+        return fn(*args)
     except Interrupted as exc:
         err.print(f"[yellow]interrupted:[/] saved {exc.checkpoint}; continue with --resume", highlight=False)
         raise typer.Exit(exc.code)
@@ -214,6 +214,13 @@ def _run_training(cfg: TrainConfig, as_json: bool) -> None:
         if _STATE["verbose"]:
             raise
         _fail(f"{type(exc).__name__}: {exc} (rerun with -v for the traceback)", code=1)
+
+
+def _run_training(cfg: TrainConfig, as_json: bool) -> None:
+    from zoft.progress import Reporter
+    from zoft.train import train as run_train
+
+    summary = _guarded(run_train, cfg, Reporter(err, quiet=_STATE["quiet"]))
     if as_json:
         out.print_json(json.dumps(summary))
     else:
@@ -265,14 +272,7 @@ def eval_cmd(
     request = EvalRequest(model=model, task=task, data_dir=data_dir, num_eval=num_eval,
                           train_set_seed=train_set_seed, batch_size=batch_size,
                           dtype=dtype.value if dtype else None, device=device.value if device else None)
-    try:
-        report = run_eval(request)
-    except _user_errors() as exc:
-        _fail(str(exc))
-    except Exception as exc:
-        if _STATE["verbose"]:
-            raise
-        _fail(f"{type(exc).__name__}: {exc} (rerun with -v for the traceback)", code=1)
+    report = _guarded(run_eval, request)
     if as_json:
         out.print_json(json.dumps(report))
     else:

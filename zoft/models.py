@@ -78,7 +78,7 @@ def resolve_model_path(model: str | None) -> str:
             raise ConfigError(f"--model {model}: directory has no config.json; pass a Hugging Face model dir "
                               "(e.g. a run's best/ or final/)")
         return str(path)
-    if model.startswith((".", "/", "~")) or path.suffix or model.count("/") > 1:
+    if model.startswith((".", "/", "~")) or model.count("/") > 1:  # hub ids are "name" or "org/name"
         raise ConfigError(f"--model {model}: no such directory; pass a local model dir or a hub id like "
                           "facebook/opt-1.3b")
     return model

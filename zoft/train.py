@@ -152,7 +152,7 @@ class _Metrics:
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run a ZO fine-tune as configured; returns the run summary (also written to summary.json)."""
-    from zoft.models import load_model
+    from zoft.models import load_model, resolve_device, resolve_model_path
     from zoft.tasks import load_splits
     from zoft.plot import plot_metrics
 
@@ -161,13 +161,15 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     task = build_task(cfg)  # custom tasks validate their files here, before any model loads
     resume_from = prepare_output_dir(cfg)
+    resolve_device(cfg.device)  # fail on --device cuda without a GPU before reading any data
+    model_path = resolve_model_path(cfg.model)
     splits = load_splits(task, cfg.data_dir, num_train=cfg.num_train, num_dev=cfg.num_dev,
                          num_eval=cfg.num_eval, seed=cfg.train_set_seed)
     if cfg.num_dev is None:
         cfg.num_dev = len(splits.dev)
     reporter.info(f"data: {splits.source}: {len(splits.train)} train / {len(splits.dev)} dev / "
                   f"{len(splits.eval)} eval")
-    model, tokenizer, model_path = load_model(cfg.model, cfg.dtype, cfg.device)
+    model, tokenizer, model_path = load_model(model_path, cfg.dtype, cfg.device)
     device = next(model.parameters()).device
     pad_id = _pad_id(tokenizer)
     train_enc = encode_examples(tokenizer, splits.train, cfg.max_length)

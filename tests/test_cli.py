@@ -1,0 +1,129 @@
+"""The CLI surface: help, version, list, eval, and one-line exit-2 errors for bad input."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+from typer.testing import CliRunner
+
+from zoft import __version__
+from zoft.cli import app
+
+runner = CliRunner()
+
+
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["train", "--help"], ["eval", "-h"], ["list", "--help"]])
+def test_help(args):
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0 and "Usage" in result.output
+
+
+def test_train_help_has_panels():
+    text = runner.invoke(app, ["train", "--help"], terminal_width=200).output
+    for panel in ("Model", "Data", "ZO algorithm", "Training", "Checkpointing", "Hardware"):
+        assert panel in text
+
+
+def test_version():
+    result = runner.invoke(app, ["--version"])
+    assert result.exit_code == 0 and __version__ in result.output
+
+
+def test_help_does_not_import_torch():
+    code = "import sys; from zoft.cli import app; assert 'torch' not in sys.modules"
+    subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_python_dash_m():
+    proc = subprocess.run([sys.executable, "-m", "zoft", "--version"], capture_output=True, text=True)
+    assert proc.returncode == 0 and __version__ in proc.stdout
+
+
+def test_list_json_matches_registries():
+    from zoft.algos import ALGORITHMS
+    from zoft.tasks import TASKS
+
+    result = runner.invoke(app, ["list", "--json"])
+    data = json.loads(result.output)
+    assert [a["name"] for a in data["algorithms"]] == list(ALGORITHMS)
+    assert [t["name"] for t in data["tasks"]] == [*TASKS, "custom"]
+    assert any(r["path"].endswith(".yaml") for r in data["recipes"])
+    assert all(r["description"] for r in data["recipes"])
+
+
+def _write(path, text):
+    path.write_text(text)
+    return path
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["--task", "mnli9"], "--task mnli9"),
+    (["--algo", "adamzo"], "--algo adamzo"),
+    (["--lr", "-1"], "--lr must be > 0"),
+    (["--eps", "0"], "--eps must be > 0"),
+    (["--steps", "0"], "--steps must be > 0"),
+    (["--task", "custom"], "--data-file"),
+    (["--task", "custom", "--data-file", "nope.jsonl", "--verbalizer", "0=a,1=b"], "nope.jsonl"),
+    (["--data-dir", "/no/such/dir"], "/no/such/dir"),
+    (["--model", "./no-such-model"], "--model ./no-such-model"),
+    (["--overwrite", "--resume"], "contradict"),
+    (["--dtype", "float8"], "float8"),
+])
+def test_bad_inputs_exit_2_with_one_line(args, needle, tmp_path):
+    result = runner.invoke(app, ["train", *args, "--output-dir", str(tmp_path / "o")])
+    assert result.exit_code == 2, result.output
+    assert needle in result.output
+    if "error:" in result.output:
+        assert len(result.output.strip().splitlines()) == 1
+
+
+def test_custom_missing_column_lists_available(tmp_path):
+    data = _write(tmp_path / "d.jsonl", '{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": 0}\n')
+    result = runner.invoke(app, ["train", "--task", "custom", "--data-file", str(data), "--label-field", "lbl",
+                                 "--verbalizer", "0=bad,1=good", "--output-dir", str(tmp_path / "o")])
+    assert result.exit_code == 2
+    assert "lbl" in result.output and "label, sentence" in result.output
+
+
+def test_existing_output_dir_needs_overwrite(tmp_path):
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "keep.txt").write_text("precious")
+    result = runner.invoke(app, ["train", "--output-dir", str(tmp_path / "o")])
+    assert result.exit_code == 2 and "--overwrite" in result.output
+    assert (tmp_path / "o" / "keep.txt").read_text() == "precious"
+
+
+def test_recipe_errors_name_the_key(tmp_path):
+    bad_key = _write(tmp_path / "a.yaml", "lrr: 1e-6\n")
+    result = runner.invoke(app, ["train", str(bad_key)])
+    assert result.exit_code == 2 and "'lrr'" in result.output and "'lr'" in result.output
+    bad_type = _write(tmp_path / "b.yaml", "steps: many\n")
+    result = runner.invoke(app, ["train", str(bad_type)])
+    assert result.exit_code == 2 and "'steps'" in result.output
+
+
+def test_custom_task_trains_and_eval_scores_run_dir(tiny_model_dirs, tmp_path):
+    rows = "".join(json.dumps({"text": f"movie number {i} was {'good' if i % 2 else 'bad'}", "y": i % 2}) + "\n"
+                   for i in range(40))
+    data = _write(tmp_path / "d.jsonl", rows)
+    out = tmp_path / "run"
+    result = runner.invoke(app, [
+        "train", "--task", "custom", "--data-file", str(data), "--text-field", "text", "--label-field", "y",
+        "--verbalizer", "0=bad,1=good", "--template", "{text}. Verdict:", "--model", str(tiny_model_dirs["opt"]),
+        "--num-train", "16", "--num-dev", "8", "--num-eval", "8", "--batch-size", "4", "--steps", "2",
+        "--lr", "1e-3", "--output-dir", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    (out / "eval.json").unlink()
+    result = runner.invoke(app, ["eval", str(out), "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads((out / "eval.json").read_text())
+    assert report["task"] == "custom" and report["num_eval"] == 8 and report["checkpoint"].endswith("best")
+
+
+def test_eval_zero_shot_of_a_base_model(tiny_model_dirs):
+    result = runner.invoke(app, ["eval", str(tiny_model_dirs["llama"]), "--task", "sst2", "--data-dir", "builtin",
+                                 "--num-eval", "12", "--json"])
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    assert report["num_eval"] == 12 and 0 <= report["eval_accuracy"] <= 1
