@@ -136,3 +136,14 @@ def test_real_sst2_training_loss_goes_down(tokenizer):
 
 # measured: 0.691 → 0.281 after 300 steps (seed 0); lr 3e-2 diverges, so 1e-2 with a 0.2 margin
 LOSS_LR, LOSS_STEPS, LOSS_MARGIN = 1e-2, 300, 0.2
+
+
+def test_resume_extends_a_finished_run(tiny_model_dirs, tmp_path):
+    model_dir = tiny_model_dirs["opt"]
+    common = ("--eval-every", "0", "--save-every", "0")
+    assert invoke(train_args(model_dir, tmp_path / "a", "--steps", "5", *common)).exit_code == 0
+    assert invoke(train_args(model_dir, tmp_path / "b", "--steps", "3", *common)).exit_code == 0
+    result = invoke(train_args(model_dir, tmp_path / "b", "--steps", "5", *common, "--resume"))
+    assert result.exit_code == 0, result.output
+    a, b = _weights(tmp_path / "a" / "final"), _weights(tmp_path / "b" / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)

@@ -64,8 +64,13 @@ def list_checkpoints(output_dir: Path) -> list[tuple[int, Path]]:
 
 
 def latest_checkpoint(output_dir: Path) -> Path | None:
+    """The newest resumable state: the latest `checkpoint-<step>`, or `final/` when it is further along
+    (so `--resume --steps N` extends a finished run)."""
     ckpts = list_checkpoints(output_dir)
-    return ckpts[-1][1] if ckpts else None
+    final = Path(output_dir) / "final"
+    if (final / STATE_FILE).is_file():
+        ckpts.append((int(read_state(final)["step"]), final))
+    return max(ckpts, key=lambda c: c[0])[1] if ckpts else None
 
 
 def prune_checkpoints(output_dir: Path, keep_last: int) -> None:
