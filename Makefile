@@ -22,4 +22,5 @@ test: install
 	$(PYTHON) -m pytest -q
 
 bench: install
-	$(PYTHON) bench/step_time.py
+	$(PYTHON) bench/step_time.py --algo all
+	$(PYTHON) bench/hizoo_test_functions.py

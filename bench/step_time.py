@@ -1,14 +1,17 @@
-"""MeZO step time against the time of its two forwards, on the embedded SmolLM2-135M.
+"""ZO step time against the time of its forwards, and peak memory, on the embedded SmolLM2-135M.
 
 A ZO step can cost no less than its forwards; the rest is passes over the parameters (regenerating z and adding
 it in place). This prints, measured in one run on the same batch:
 
     forward      one loss evaluation (batch of SST-2 examples × 2 candidates)
     pass         one perturbation pass: regenerate z for all 134.5 M parameters and add it in place
-    mezo step    2 forwards + 3 passes
-    ratio        mezo step / (2 × forward): 1.0 would be the physical floor
+    step         the algorithm's step (MeZO: 2 forwards + 3 passes; HiZOO/HiZOO-L: 3 forwards + 3 passes)
+    ratio        step / (forwards per step × forward): 1.0 would be the physical floor
+    peak         peak resident memory of the process while stepping (VmHWM after resetting it; tracemalloc
+                 cannot see tensors), and the optimizer's persistent state
 
-Usage: python bench/step_time.py [--dtype bfloat16|float32] [--batch-size 16] [--repeats 5] [--threads N]
+Usage: python bench/step_time.py [--algo mezo|hizoo|hizoo-l|all] [--dtype bfloat16|float32] [--batch-size 16]
+       [--repeats 5] [--threads N]      (`all` runs each algorithm in its own process so peaks do not mix)
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import argparse
 import json
 import os
 import statistics
+import subprocess
+import sys
 import time
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -24,7 +29,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 
 import torch  # noqa: E402
 
-from zoft.algos import MeZO, trainable_parameters  # noqa: E402
+from zoft.algos import ALGORITHMS, trainable_parameters  # noqa: E402
 from zoft.models import load_model  # noqa: E402
 from zoft.perturb import step_seed  # noqa: E402
 from zoft.scoring import classification_loss, collate, encode_examples  # noqa: E402
@@ -42,13 +47,30 @@ def timed(fn, repeats: int) -> float:
     return statistics.median(times)
 
 
+def peak_rss_reset() -> None:
+    """Reset the kernel's high-water mark of this process's resident memory (Linux)."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+
+
+def peak_rss_bytes() -> int:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) * 1024
+    return 0
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--algo", default="mezo", choices=[*ALGORITHMS, "all"])
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     args = ap.parse_args()
+    if args.algo == "all":
+        return run_all(args)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -56,28 +78,50 @@ def main() -> None:
     splits = load_splits(get_task("sst2"), "builtin", num_train=args.batch_size, num_dev=0, num_eval=1)
     enc = encode_examples(tok, splits.train)
     batch = [collate(enc, tok.pad_token_id)]
-    opt = MeZO(trainable_parameters(model), lr=1e-6, eps=1e-3)
 
     def forward():
         with torch.inference_mode():
             return float(classification_loss(model, batch))
 
     t_forward = timed(forward, args.repeats)
+    peak_rss_reset()
+    base_rss = peak_rss_bytes()  # weights + one forward's working set already touched
+    opt = ALGORITHMS[args.algo](trainable_parameters(model), lr=1e-6, eps=1e-3)
     t_pass = timed(lambda: opt.engine.add_(step_seed(0, 0), 0.0), args.repeats)
     t_step = timed(lambda: opt.step(lambda: classification_loss(model, batch)), args.repeats)
+    peak = peak_rss_bytes()
+    k = opt.forwards_per_step
     tokens = int(batch[0].attention_mask.sum())
-    result = {"model": "SmolLM2-135M", "dtype": args.dtype, "batch_examples": args.batch_size,
+    result = {"model": "SmolLM2-135M", "algo": args.algo, "dtype": args.dtype, "batch_examples": args.batch_size,
               "rows": int(batch[0].input_ids.shape[0]), "tokens": tokens, "threads": torch.get_num_threads(),
-              "forward_s": round(t_forward, 4), "pass_s": round(t_pass, 4), "mezo_step_s": round(t_step, 4),
-              "ratio_step_over_two_forwards": round(t_step / (2 * t_forward), 3)}
-    print(f"SmolLM2-135M {args.dtype}, batch {args.batch_size} examples ({result['rows']} rows, {tokens} tokens), "
-          f"{result['threads']} threads")
+              "forward_s": round(t_forward, 4), "pass_s": round(t_pass, 4), "step_s": round(t_step, 4),
+              "forwards_per_step": k, "ratio_step_over_forwards": round(t_step / (k * t_forward), 3),
+              "peak_rss_bytes": peak, "rss_before_optimizer_bytes": base_rss, "state_bytes": opt.state_bytes()}
+    print(f"SmolLM2-135M {args.dtype}, {args.algo}, batch {args.batch_size} examples ({result['rows']} rows, "
+          f"{tokens} tokens), {result['threads']} threads")
     print(f"  forward      {t_forward:.3f} s")
     print(f"  pass         {t_pass:.3f} s   (regenerate z for {sum(p.numel() for p in opt.engine.params):,} "
           "params + in-place add)")
-    print(f"  mezo step    {t_step:.3f} s   (2 forwards + 3 passes)")
-    print(f"  ratio        {result['ratio_step_over_two_forwards']:.2f}× two forwards")
+    print(f"  step         {t_step:.3f} s   ({k} forwards + 3 passes)")
+    print(f"  ratio        {result['ratio_step_over_forwards']:.2f}× {k} forwards")
+    print(f"  peak RSS     {peak / 2**30:.2f} GiB (optimizer state {opt.state_bytes() / 2**20:.1f} MiB)")
     print(json.dumps(result))
+
+
+def run_all(args) -> None:
+    """Each algorithm in a fresh process (so peaks are its own), then the table relative to MeZO."""
+    rows = []
+    for algo in ALGORITHMS:
+        cmd = [sys.executable, __file__, "--algo", algo, "--dtype", args.dtype, "--batch-size",
+               str(args.batch_size), "--repeats", str(args.repeats), "--threads", str(args.threads)]
+        out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
+        print(out.strip())
+        rows.append(json.loads(out.strip().splitlines()[-1]))
+    base = rows[0]
+    print(f"\n{'algo':8s} {'step/fwds':>10s} {'peak GiB':>9s} {'vs mezo':>8s} {'state MiB':>10s}")
+    for r in rows:
+        print(f"{r['algo']:8s} {r['ratio_step_over_forwards']:>9.2f}× {r['peak_rss_bytes'] / 2**30:>9.2f} "
+              f"{r['peak_rss_bytes'] / base['peak_rss_bytes']:>7.2f}× {r['state_bytes'] / 2**20:>10.1f}")
 
 
 if __name__ == "__main__":

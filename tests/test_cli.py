@@ -69,6 +69,10 @@ def _write(path, text):
     (["--model", "./no-such-model"], "--model ./no-such-model"),
     (["--overwrite", "--resume"], "contradict"),
     (["--dtype", "float8"], "float8"),
+    (["--hessian-smooth", "1e-4"], "--hessian-smooth applies to --algo hizoo"),
+    (["--algo", "hizoo", "--hessian-smooth", "0"], "--allow-degenerate"),
+    (["--algo", "hizoo", "--hessian-schedule", "5:1e-4"], "step 0"),
+    (["--algo", "hizoo-l", "--hessian-estimator", "exact"], "code or paper"),
 ])
 def test_bad_inputs_exit_2_with_one_line(args, needle, tmp_path):
     result = runner.invoke(app, ["train", *args, "--output-dir", str(tmp_path / "o")])

@@ -78,9 +78,11 @@ def _weights(path):
     return load_file(path / "model.safetensors")
 
 
-def test_resume_after_ctrl_c_reproduces_uninterrupted_run(tiny_model_dirs, tmp_path, monkeypatch):
+@pytest.mark.parametrize("algo", ["mezo", "hizoo", "hizoo-l"])
+def test_resume_after_ctrl_c_reproduces_uninterrupted_run(algo, tiny_model_dirs, tmp_path, monkeypatch):
     model_dir = tiny_model_dirs["llama"]
-    common = ("--steps", "6", "--eval-every", "0", "--save-every", "2")
+    extra = ("--hessian-smooth", "0.01") if algo != "mezo" else ()
+    common = ("--steps", "6", "--eval-every", "0", "--save-every", "2", "--algo", algo, *extra)
     assert invoke(train_args(model_dir, tmp_path / "a", *common)).exit_code == 0
 
     real_batch = zoft.train.batch_indices
@@ -147,3 +149,14 @@ def test_resume_extends_a_finished_run(tiny_model_dirs, tmp_path):
     assert result.exit_code == 0, result.output
     a, b = _weights(tmp_path / "a" / "final"), _weights(tmp_path / "b" / "final")
     assert all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_hizoo_logs_the_state_of_h_at_each_eval(tiny_model_dirs, tmp_path):
+    out = tmp_path / "h"
+    result = invoke(train_args(tiny_model_dirs["opt"], out, "--algo", "hizoo-l", "--steps", "4", "--eval-every", "2",
+                               "--hessian-smooth", "0.05"))
+    assert result.exit_code == 0, result.output
+    evals = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines() if '"dev_accuracy"' in x]
+    assert evals[0]["log_h_mean"] == pytest.approx(0.0, abs=1e-6)  # H ≡ 1 before training
+    assert evals[-1]["log_h_std"] > 0  # H has learned a shape
+    assert all(r["forwards"] == 3 * r["step"] for r in evals)

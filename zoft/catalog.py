@@ -21,7 +21,7 @@ def catalog(recipes_dir: Path) -> dict[str, list[dict[str, Any]]]:
     from zoft.tasks import TASKS
 
     algorithms = [{"name": name, "forwards_per_step": cls.forwards_per_step, "summary": cls.summary,
-                   "paper": cls.paper, "default_lr": cls.default_lr, "default_eps": cls.default_eps}
+                   "paper": cls.paper, "state": cls.state_desc, "default_lr": cls.default_lr, "default_eps": cls.default_eps}
                   for name, cls in ALGORITHMS.items()]
     tasks = [{"name": name, "description": t.description, "metric": t.metric}
              for name, t in TASKS.items()]

@@ -136,7 +136,9 @@ def train(
                                                           rich_help_panel=DT)] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sequence (left-truncated).",
                                                       show_default=str(_D.max_length), rich_help_panel=DT)] = None,
-    algo: Annotated[Optional[str], typer.Option(help="ZO algorithm; `zoft list` says which to pick.",
+    algo: Annotated[Optional[str], typer.Option(help="mezo (2 forwards, no state: the memory floor), hizoo "
+                                                "(3 forwards, +1 fp32/weight Hessian: ill-conditioned problems), "
+                                                "hizoo-l (HiZOO with m+n numbers per matrix); see `zoft list`.",
                                                 show_default=_D.algo, rich_help_panel=Z)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (constant). Default: the algorithm's "
                                                 "(MeZO full FT 1e-6).", show_default=False, rich_help_panel=Z)] = None,
@@ -144,6 +146,17 @@ def train(
                                                  rich_help_panel=Z)] = None,
     weight_decay: Annotated[Optional[float], typer.Option(help="Decoupled weight decay (not on bias/norm).",
                                                           show_default="0", rich_help_panel=Z)] = None,
+    hessian_smooth: Annotated[Optional[float], typer.Option(help="HiZOO: EMA coefficient α of the diagonal "
+                                                            "Hessian H.", show_default="1e-6",
+                                                            rich_help_panel=Z)] = None,
+    hessian_schedule: Annotated[Optional[str], typer.Option(help="HiZOO: α by step, piecewise constant, e.g. "
+                                                            "'0:1e-4,2000:1e-6' (overrides --hessian-smooth).",
+                                                            show_default=False, rich_help_panel=Z)] = None,
+    hessian_estimator: Annotated[Optional[str], typer.Option(help="HiZOO curvature sample: code (released "
+                                                             "code, c·H·z²) or paper (|ΔL/2ε²·H·(z²−1)|).",
+                                                             show_default="code", rich_help_panel=Z)] = None,
+    allow_degenerate: Annotated[bool, typer.Option("--allow-degenerate", help="HiZOO: permit α = 0 (H stays 1: "
+                                                   "MeZO with a wasted forward).", rich_help_panel=Z)] = False,
     steps: Annotated[Optional[int], typer.Option(help="ZO steps.", show_default=str(_D.steps),
                                                  rich_help_panel=TR)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Examples per step.", show_default=str(_D.batch_size),
@@ -183,10 +196,11 @@ def train(
     and loss.png to the run dir.
     """
     overrides: dict[str, Any] = {k: v for k, v in locals().items()
-                                 if k not in ("recipe", "as_json", "overwrite", "resume")}
+                                 if k not in ("recipe", "as_json", "overwrite", "resume", "allow_degenerate")}
     overrides = {k: (v.value if isinstance(v, Enum) else v) for k, v in overrides.items()}
     overrides["overwrite"] = overwrite or None
     overrides["resume"] = resume or None
+    overrides["allow_degenerate"] = allow_degenerate or None
     from zoft.config import resolve
 
     try:
@@ -290,7 +304,7 @@ def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON
         out.print_json(json.dumps(data))
         return
     for title, rows, columns in (
-        ("Algorithms", data["algorithms"], ("name", "forwards_per_step", "summary", "paper")),
+        ("Algorithms", data["algorithms"], ("name", "forwards_per_step", "state", "summary", "paper")),
         ("Tasks", data["tasks"], ("name", "metric", "description")),
         ("Recipes", data["recipes"], ("path", "description")),
     ):

@@ -52,6 +52,10 @@ class TrainConfig:
     lr: float | None = None             # None → the algorithm's default (MeZO full FT: 1e-6)
     eps: float | None = None            # None → the algorithm's default (1e-3)
     weight_decay: float = 0.0
+    hessian_smooth: float | None = None  # HiZOO α (EMA of H); None → 1e-6
+    hessian_schedule: str | None = None  # HiZOO piecewise-constant α by step, "0:1e-4,2000:1e-6"
+    hessian_estimator: str = "code"     # HiZOO curvature sample: code (c·H·z², released code) or paper
+    allow_degenerate: bool = False      # HiZOO: permit α = 0 (H frozen at 1: MeZO with a wasted forward)
     # Training
     steps: int = 20000
     batch_size: int = 16                # examples per step (each expands to one row per candidate)
@@ -164,6 +168,25 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("--task custom needs --data-file (a jsonl or csv with text and label columns)")
     if cfg.task != "custom" and (cfg.data_file or cfg.verbalizer or cfg.template):
         raise ConfigError("--data-file/--verbalizer/--template apply to --task custom only")
+    algo_keys = ALGORITHMS[cfg.algo].config_keys
+    defaults = TrainConfig()
+    for key in ("hessian_smooth", "hessian_schedule", "hessian_estimator", "allow_degenerate"):
+        if key not in algo_keys and getattr(cfg, key) != getattr(defaults, key):
+            raise ConfigError(f"{cfg.flag(key)} applies to --algo hizoo or hizoo-l, not {cfg.algo}")
+    if cfg.hessian_estimator not in ("code", "paper"):
+        raise ConfigError(f"--hessian-estimator {cfg.hessian_estimator}: choose code or paper")
+    if cfg.hessian_smooth is not None and not 0 <= cfg.hessian_smooth <= 1:
+        raise ConfigError(f"--hessian-smooth must lie in [0, 1] (got {cfg.hessian_smooth})")
+    if cfg.hessian_smooth == 0 and not cfg.allow_degenerate:
+        raise ConfigError("--hessian-smooth 0 keeps H at 1, i.e. MeZO with a wasted forward; use a positive "
+                          "value (default 1e-6) or add --allow-degenerate")
+    if cfg.hessian_schedule:
+        from zoft.algos.hizoo import parse_schedule
+
+        try:
+            parse_schedule(cfg.hessian_schedule)
+        except ValueError as exc:
+            raise ConfigError(f"--hessian-schedule: {exc}") from None
     if cfg.dtype not in DTYPES:
         raise ConfigError(f"--dtype {cfg.dtype}: choose from {', '.join(DTYPES)}")
     if cfg.device not in DEVICES and not cfg.device.startswith("cuda:"):
@@ -182,6 +205,8 @@ def finalize(cfg: TrainConfig) -> TrainConfig:
     cfg = dataclasses.replace(cfg)
     cfg.lr = algo.default_lr if cfg.lr is None else cfg.lr
     cfg.eps = algo.default_eps if cfg.eps is None else cfg.eps
+    if "hessian_smooth" in algo.config_keys and cfg.hessian_smooth is None:
+        cfg.hessian_smooth = algo.default_hessian_smooth
     cfg.eval_every = max(cfg.steps // 5, 1) if cfg.eval_every is None else cfg.eval_every
     cfg.save_every = cfg.eval_every if cfg.save_every is None else cfg.save_every
     cfg.micro_batch_size = cfg.micro_batch_size or cfg.batch_size

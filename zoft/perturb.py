@@ -68,6 +68,7 @@ class PerturbationEngine:
             raise ValueError("no trainable parameters to perturb")
         self._generators: dict[torch.device, torch.Generator] = {}
         self._buffers: dict[torch.device, torch.Tensor] = {}
+        self._scratch: dict[tuple[torch.device, int], torch.Tensor] = {}
         self.passes = 0
         self.regenerations = 0
 
@@ -79,6 +80,20 @@ class PerturbationEngine:
             buf = torch.empty(max(largest, numel), dtype=torch.float32, device=device)
             self._buffers[device] = buf
         return buf
+
+    def scratch(self, index: int, slot: int = 0) -> torch.Tensor:
+        """An fp32 work buffer shaped like tensor `index` (slot 0, 1, ...: independent buffers per device).
+
+        Algorithms with per-element state (HiZOO's √H, HiZOO-L's rebuilt H) compute into these instead of
+        allocating a temporary per tensor per pass; each slot costs one largest-tensor fp32 buffer.
+        """
+        p = self.params[index]
+        key = (p.device, slot)
+        buf = self._scratch.get(key)
+        if buf is None:
+            largest = max(q.numel() for q in self.params if q.device == p.device)
+            buf = self._scratch[key] = torch.empty(largest, dtype=torch.float32, device=p.device)
+        return buf[: p.numel()].view(p.shape)
 
     def _generator(self, device: torch.device) -> torch.Generator:
         gen = self._generators.get(device)

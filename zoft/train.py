@@ -36,7 +36,8 @@ log = logging.getLogger(__name__)
 
 # Settings that change the trajectory: a resume must use the same values as the run it continues.
 _TRAJECTORY_KEYS = ("model", "task", "data_dir", "data_file", "num_train", "num_dev", "train_set_seed",
-                    "max_length", "algo", "lr", "eps", "weight_decay", "batch_size", "seed", "dtype")
+                    "max_length", "algo", "lr", "eps", "weight_decay", "batch_size", "seed", "dtype",
+                    "hessian_smooth", "hessian_schedule", "hessian_estimator")
 
 
 class Interrupted(Exception):
@@ -178,7 +179,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
 
     named = trainable_parameters(model)
     algo_cls = ALGORITHMS[cfg.algo]
-    opt = algo_cls(named, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, seed=cfg.seed)
+    opt = algo_cls(named, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, seed=cfg.seed,
+                   **{k: getattr(cfg, k) for k in algo_cls.config_keys})
     n_trainable = sum(p.numel() for _, p in named)
 
     if cfg.overwrite and out.exists():
@@ -212,7 +214,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     def run_eval(step: int) -> dict[str, Any]:
         result = evaluate(model, dev_enc, pad_id, cfg.eval_batch_size, device)
         rec = {"event": "eval", "step": step, "dev_accuracy": result["accuracy"], "dev_loss": result["loss"],
-               "forwards": opt.forwards, "elapsed_s": round(state["elapsed_s"], 3)}
+               "forwards": opt.forwards, "elapsed_s": round(state["elapsed_s"], 3), **opt.diagnostics()}
         metrics.write(rec)
         reporter.info(f"step {step}: dev accuracy {result['accuracy']:.4f}, dev loss {result['loss']:.4f}")
         return result

@@ -64,8 +64,12 @@ class ZOOptimizer(torch.optim.Optimizer):
     summary: str = ""
     #: paper reference shown by `zoft list`
     paper: str = ""
+    #: persistent optimizer state, in words, for `zoft list`
+    state_desc: str = "none"
     #: forward passes per step, for budgets and logs
     forwards_per_step: int = 2
+    #: TrainConfig keys passed to the constructor as keyword arguments (algorithm-specific options)
+    config_keys: tuple[str, ...] = ()
     #: defaults for full fine-tuning (ALGORITHMS.md §9)
     default_lr: float = 1e-6
     default_eps: float = 1e-3
@@ -129,6 +133,10 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _zo_step(self, closure: Closure, seed: int) -> float:
         raise NotImplementedError  # abstract: each algorithm defines its step
 
+    def diagnostics(self) -> dict[str, float]:
+        """Scalars describing the optimizer state, logged at each evaluation (none for stateless methods)."""
+        return {}
+
     def state_bytes(self) -> int:
         """Persistent optimizer state in bytes (beyond the weights)."""
         return sum(t.numel() * t.element_size() for s in self.state.values() for t in s.values()
@@ -145,6 +153,15 @@ class ZOOptimizer(torch.optim.Optimizer):
         if zo["algo"] != type(self).__name__:
             raise ValueError(f"optimizer state is from {zo['algo']}, not {type(self).__name__}")
         super().load_state_dict(state_dict)
+        # torch.optim casts floating state to each parameter's dtype (and calls that policy by class name, so it
+        # cannot be overridden). ZO state is fp32 by design (ALGORITHMS.md §1.8: a bf16 Hessian or moment loses
+        # its small EMA increments), so put the saved tensors back in their own dtype.
+        params = [p for group in self.param_groups for p in group["params"]]
+        for index, saved in state_dict["state"].items():
+            p = params[int(index)]
+            for key, value in saved.items():
+                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                    self.state[p][key] = value.detach().to(device=p.device, copy=True)
         self.t, self.seed, self.forwards = int(zo["t"]), int(zo["seed"]), int(zo["forwards"])
 
 
@@ -152,7 +169,8 @@ def check_finite(opt: ZOOptimizer, seed: int, losses: Iterable[float], offset: f
     """Raise NonFiniteLossError after undoing the current perturbation (θ ← θ + offset·z) if a loss is NaN/inf."""
     bad = [x for x in losses if not math.isfinite(x)]
     if bad:
-        opt.engine.add_(seed, offset)  # weights back to their pre-step value: nothing is lost
+        if offset:
+            opt.engine.add_(seed, offset)  # weights back to their pre-step value: nothing is lost
         raise NonFiniteLossError(
             f"loss became {bad[0]} at step {opt.t}; weights were restored. With float16 weights try "
             "--dtype bfloat16 or float32; otherwise lower --lr or --eps")
