@@ -118,12 +118,13 @@ def test_long_run_shape_follows_the_diagonal():
     assert 0.5 * 6 <= ratio.mean() <= 2 * 6
 
 
-def _forwards_to_target(cls, lr, seed, **kw):
-    a = torch.logspace(0, 3, 10, dtype=torch.float64)
+def _forwards_to_target(cls, lr, seed, a=None, eps=1e-3, max_steps=20_000, **kw):
+    """Forwards until f ≤ 1e-4·f(ones) on ½ Σ a_i x_i² (∞ if not reached)."""
+    a = torch.logspace(0, 3, 10, dtype=torch.float64) if a is None else a
     p, f = diag_quadratic(a)
     target = 1e-4 * f()
-    opt = cls([p], lr=lr, eps=1e-3, seed=seed, **kw)
-    for _ in range(20_000):
+    opt = cls([p], lr=lr, eps=eps, seed=seed, **kw)
+    for _ in range(max_steps):
         opt.step(f)
         if f() <= target:
             return opt.forwards
@@ -191,14 +192,7 @@ def test_hizoo_beats_mezo_on_a_2d_ill_conditioned_quadratic():
     a = torch.tensor([1.0, 100.0], dtype=torch.float64)
 
     def cost(cls, lr, seed, **kw):
-        p, f = diag_quadratic(a)
-        target = 1e-4 * f()
-        opt = cls([p], lr=lr, eps=1e-4, seed=seed, **kw)
-        for _ in range(5000):
-            opt.step(f)
-            if f() <= target:
-                return opt.forwards
-        return math.inf
+        return _forwards_to_target(cls, lr, seed, a=a, eps=1e-4, max_steps=5000, **kw)
 
     mezo = min(statistics.median(cost(MeZO, lr, s) for s in range(5)) for lr in (6e-3, 1e-2, 1.5e-2))
     hizoo = statistics.median(cost(HiZOO, 0.3, s, hessian_smooth=0.3) for s in range(5))
