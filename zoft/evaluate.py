@@ -40,7 +40,7 @@ def _locate(model: str) -> tuple[str, Path | None, dict[str, Any]]:
 def run_eval(req: EvalRequest) -> dict[str, Any]:
     """Evaluate and return the report; a run dir also gets it as eval.json."""
     from zoft.models import load_model
-    from zoft.scoring import _pad_id, encode_examples, evaluate
+    from zoft.scoring import pad_id, encode_examples, evaluate
     from zoft.tasks import load_splits
     from zoft.train import build_task
 
@@ -56,7 +56,7 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
                          num_eval=cfg.num_eval, seed=cfg.train_set_seed)
     model, tokenizer, _ = load_model(weights, cfg.dtype, cfg.device)
     encoded = encode_examples(tokenizer, splits.eval, cfg.max_length)
-    result = evaluate(model, encoded, _pad_id(tokenizer), req.batch_size, next(model.parameters()).device)
+    result = evaluate(model, encoded, pad_id(tokenizer), req.batch_size, next(model.parameters()).device)
     report = {"task": cfg.task, "checkpoint": weights, "data": splits.source,
               "eval_accuracy": result["accuracy"], "eval_loss": result["loss"], "num_eval": result["num_examples"]}
     if run_dir is not None:

@@ -54,7 +54,7 @@ def encode_examples(tokenizer, examples: Sequence[Example], max_length: int = 20
     return out
 
 
-def _pad_id(tokenizer) -> int:
+def pad_id(tokenizer) -> int:
     for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
         if tid is not None:
             return tid

@@ -30,7 +30,7 @@ from zoft.checkpoint import (latest_checkpoint, load_optimizer_state, load_weigh
 from zoft.config import ConfigError, TrainConfig, finalize, to_yaml
 from zoft.perturb import mix
 from zoft.progress import Reporter
-from zoft.scoring import Encoded, _pad_id, classification_loss, collate, encode_examples, evaluate
+from zoft.scoring import Encoded, pad_id, classification_loss, collate, encode_examples, evaluate
 
 log = logging.getLogger(__name__)
 
@@ -172,7 +172,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
                   f"{len(splits.eval)} eval")
     model, tokenizer, model_path = load_model(model_path, cfg.dtype, cfg.device)
     device = next(model.parameters()).device
-    pad_id = _pad_id(tokenizer)
+    pad = pad_id(tokenizer)
     train_enc = encode_examples(tokenizer, splits.train, cfg.max_length)
     dev_enc = encode_examples(tokenizer, splits.dev, cfg.max_length)
     eval_enc = encode_examples(tokenizer, splits.eval, cfg.max_length)
@@ -208,11 +208,11 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
 
     def closure_for(indices: list[int]):
         chunks = [indices[i:i + cfg.micro_batch_size] for i in range(0, len(indices), cfg.micro_batch_size)]
-        batches = [collate([train_enc[i] for i in c], pad_id, device) for c in chunks]
+        batches = [collate([train_enc[i] for i in c], pad, device) for c in chunks]
         return lambda: classification_loss(model, batches)
 
     def run_eval(step: int) -> dict[str, Any]:
-        result = evaluate(model, dev_enc, pad_id, cfg.eval_batch_size, device)
+        result = evaluate(model, dev_enc, pad, cfg.eval_batch_size, device)
         rec = {"event": "eval", "step": step, "dev_accuracy": result["accuracy"], "dev_loss": result["loss"],
                "forwards": opt.forwards, "elapsed_s": round(state["elapsed_s"], 3), **opt.diagnostics()}
         metrics.write(rec)
@@ -227,7 +227,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         zs = run_eval(0)
         state["zero_shot"]["dev_accuracy"] = zs["accuracy"]
         if len(eval_enc):
-            zs_eval = evaluate(model, eval_enc, pad_id, cfg.eval_batch_size, device)
+            zs_eval = evaluate(model, eval_enc, pad, cfg.eval_batch_size, device)
             state["zero_shot"]["eval_accuracy"] = zs_eval["accuracy"]
             metrics.write({"event": "eval", "step": 0, "eval_accuracy": zs_eval["accuracy"],
                            "eval_loss": zs_eval["loss"], "forwards": 0, "elapsed_s": 0.0})
@@ -282,19 +282,19 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     if state["best_step"] is None:  # no dev evaluation: the final weights are the best we know
         state["best_step"] = cfg.steps
         shutil.copytree(out / "final", out / "best", dirs_exist_ok=True)
-    summary = _final_eval(cfg, state, model, eval_enc, pad_id, device, out)
+    summary = _final_eval(cfg, state, model, eval_enc, pad, device, out)
     metrics.write({"event": "end", "step": cfg.steps, **summary["eval"]})
     plot_metrics(metrics.records, out / "loss.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
 
 
-def _final_eval(cfg: TrainConfig, state: dict[str, Any], model, eval_enc: list[Encoded], pad_id: int,
+def _final_eval(cfg: TrainConfig, state: dict[str, Any], model, eval_enc: list[Encoded], pad: int,
                 device, out: Path) -> dict[str, Any]:
     """Score the eval split with the best weights (loaded in place) and write eval.json."""
     if state["best_step"] != cfg.steps:
         load_weights_into(model, out / "best")
-    result = evaluate(model, eval_enc, pad_id, cfg.eval_batch_size, device) if eval_enc else {}
+    result = evaluate(model, eval_enc, pad, cfg.eval_batch_size, device) if eval_enc else {}
     report = {"task": cfg.task, "checkpoint": str(out / "best"), "best_step": state["best_step"],
               "eval_accuracy": result.get("accuracy"), "eval_loss": result.get("loss"),
               "num_eval": result.get("num_examples", 0)}

@@ -165,12 +165,11 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.t, self.seed, self.forwards = int(zo["t"]), int(zo["seed"]), int(zo["forwards"])
 
 
-def check_finite(opt: ZOOptimizer, seed: int, losses: Iterable[float], offset: float) -> None:
-    """Raise NonFiniteLossError after undoing the current perturbation (θ ← θ + offset·z) if a loss is NaN/inf."""
+def check_finite(opt: ZOOptimizer, losses: Iterable[float], restore: Callable[[], None]) -> None:
+    """If a probe loss is NaN/inf: undo the step's perturbation with `restore` (nothing is lost), then raise."""
     bad = [x for x in losses if not math.isfinite(x)]
     if bad:
-        if offset:
-            opt.engine.add_(seed, offset)  # weights back to their pre-step value: nothing is lost
+        restore()
         raise NonFiniteLossError(
             f"loss became {bad[0]} at step {opt.t}; weights were restored. With float16 weights try "
             "--dtype bfloat16 or float32; otherwise lower --lr or --eps")

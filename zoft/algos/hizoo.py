@@ -143,9 +143,7 @@ class HiZOO(ZOOptimizer):
         loss_plus = self.evaluate(closure)
         self._perturb(seed, -2.0 * eps)                              # P2
         loss_minus = self.evaluate(closure)
-        if not all(math.isfinite(x) for x in (loss0, loss_plus, loss_minus)):
-            self._perturb(seed, eps)                                 # back to θ before raising
-            check_finite(self, seed, (loss0, loss_plus, loss_minus), offset=0.0)
+        check_finite(self, (loss0, loss_plus, loss_minus), restore=lambda: self._perturb(seed, eps))
         g = (loss_plus - loss_minus) / (2.0 * eps)
         delta = loss_plus + loss_minus - 2.0 * loss0
         c = abs(delta) / (2.0 * eps * eps)
@@ -175,11 +173,6 @@ class HiZOO(ZOOptimizer):
         mean = s / n
         return {"log_h_mean": mean, "log_h_std": math.sqrt(max(s2 / n - mean * mean, 0.0)),
                 "log_h_min": lo, "log_h_max": hi}
-
-    def state_dict(self):
-        sd = super().state_dict()
-        sd["zo"]["hessian_smooth"] = self.alpha
-        return sd
 
 
 class HiZOOL(HiZOO):

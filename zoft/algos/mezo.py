@@ -34,7 +34,7 @@ class MeZO(ZOOptimizer):
         loss_plus = self.evaluate(closure)
         self.engine.add_(seed, -2.0 * eps)               # P2: θ − εz
         loss_minus = self.evaluate(closure)
-        check_finite(self, seed, (loss_plus, loss_minus), eps)
+        check_finite(self, (loss_plus, loss_minus), restore=lambda: self.engine.add_(seed, eps))
         g = (loss_plus - loss_minus) / (2.0 * eps)       # Python float: fp64 arithmetic on the two fp32 losses
         for i, p, z in self.engine.sweep(seed):          # P3: restore fused with the update
             group = self.hyper(i)
