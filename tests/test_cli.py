@@ -52,6 +52,27 @@ def test_list_json_matches_registries():
     assert all(r["description"] for r in data["recipes"])
 
 
+def test_list_gives_state_bytes_on_a_model_equal_to_the_real_optimizers(tiny_model_dirs):
+    from transformers import AutoModelForCausalLM
+
+    from zoft.algos import ALGORITHMS, trainable_parameters
+
+    result = runner.invoke(app, ["list", "--model", str(tiny_model_dirs["llama"]), "--json"])
+    assert result.exit_code == 0, result.output
+    rows = {a["name"]: a for a in json.loads(result.output)["algorithms"]}
+    named = trainable_parameters(AutoModelForCausalLM.from_pretrained(tiny_model_dirs["llama"]))
+    for name, cls in ALGORITHMS.items():
+        assert rows[name]["state_bytes"] == cls(named).state_bytes(), name
+    assert rows["mezo"]["state_bytes"] == 0
+    assert rows["zo-adam"]["state_bytes"] == 2 * rows["zo-sgd-mmt"]["state_bytes"] == 8 * rows["mezo"]["trainable_params"]
+    assert rows["tezo-adam"]["state_breakdown"]["moments"] < rows["zo-adam"]["state_bytes"] / 10
+
+
+def test_list_with_a_missing_model_is_a_usage_error():
+    result = runner.invoke(app, ["list", "--model", "./nowhere"])
+    assert result.exit_code == 2 and "--model ./nowhere" in result.output
+
+
 def _write(path, text):
     path.write_text(text)
     return path
@@ -73,6 +94,15 @@ def _write(path, text):
     (["--algo", "hizoo", "--hessian-smooth", "0"], "--allow-degenerate"),
     (["--algo", "hizoo", "--hessian-schedule", "5:1e-4"], "step 0"),
     (["--algo", "hizoo-l", "--hessian-estimator", "exact"], "code or paper"),
+    (["--rank", "8"], "--rank applies to --algo tezo or tezo-m or tezo-adam, not mezo"),
+    (["--algo", "tezo", "--momentum", "0.9"], "--momentum applies to --algo zo-sgd-mmt"),
+    (["--algo", "tezo", "--rank", "0"], "--rank must be >= 1"),
+    (["--algo", "tezo", "--rank-mode", "dynamic"], "fixed or spectrum"),
+    (["--algo", "tezo-m", "--tezo-scale", "half"], "sqrt-r or none"),
+    (["--algo", "tezo", "--rank-min", "9", "--rank-max", "8"], "--rank-min 9 exceeds --rank-max 8"),
+    (["--algo", "zo-adam", "--beta2", "1"], "--beta2 must lie in [0, 1)"),
+    (["--algo", "zo-sgd-mmt", "--momentum", "-0.1"], "--momentum must lie in [0, 1)"),
+    (["--algo", "tezo-adam", "--adam-eps", "0"], "--adam-eps must be > 0"),
 ])
 def test_bad_inputs_exit_2_with_one_line(args, needle, tmp_path):
     result = runner.invoke(app, ["train", *args, "--output-dir", str(tmp_path / "o")])

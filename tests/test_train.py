@@ -78,10 +78,15 @@ def _weights(path):
     return load_file(path / "model.safetensors")
 
 
-@pytest.mark.parametrize("algo", ["mezo", "hizoo", "hizoo-l"])
+RESUME_OPTIONS = {"hizoo": ("--hessian-smooth", "0.01"), "hizoo-l": ("--hessian-smooth", "0.01"),
+                  "tezo": ("--rank", "4"), "tezo-m": ("--rank", "4"), "tezo-adam": ("--rank", "4"),
+                  "zo-adam": (), "zo-sgd-mmt": (), "mezo": ()}
+
+
+@pytest.mark.parametrize("algo", list(RESUME_OPTIONS))
 def test_resume_after_ctrl_c_reproduces_uninterrupted_run(algo, tiny_model_dirs, tmp_path, monkeypatch):
     model_dir = tiny_model_dirs["llama"]
-    extra = ("--hessian-smooth", "0.01") if algo != "mezo" else ()
+    extra = RESUME_OPTIONS[algo]
     common = ("--steps", "6", "--eval-every", "0", "--save-every", "2", "--algo", algo, *extra)
     assert invoke(train_args(model_dir, tmp_path / "a", *common)).exit_code == 0
 
@@ -160,3 +165,20 @@ def test_hizoo_logs_the_state_of_h_at_each_eval(tiny_model_dirs, tmp_path):
     assert evals[0]["log_h_mean"] == pytest.approx(0.0, abs=1e-6)  # H ≡ 1 before training
     assert evals[-1]["log_h_std"] > 0  # H has learned a shape
     assert all(r["forwards"] == 3 * r["step"] for r in evals)
+
+
+def test_every_registered_algorithm_has_resume_coverage():
+    from zoft.algos import ALGORITHMS
+
+    assert set(RESUME_OPTIONS) == set(ALGORITHMS)
+
+
+def test_run_log_reports_state_bytes_and_its_breakdown(tiny_model_dirs, tmp_path):
+    out = tmp_path / "t"
+    result = invoke(train_args(tiny_model_dirs["opt"], out, "--algo", "tezo-adam", "--rank", "4", "--steps", "2",
+                               "--eval-every", "0"))
+    assert result.exit_code == 0, result.output
+    start = json.loads((out / "metrics.jsonl").read_text().splitlines()[0])
+    parts = start["state_breakdown"]
+    assert start["state_bytes"] == sum(parts.values()) and parts["factors"] > 0 and parts["moments"] > 0
+    assert "factors" in result.output  # the info line gives the split too

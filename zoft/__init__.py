@@ -6,7 +6,8 @@ that `zoft --help` does not pay for importing torch (~0.8 s).
 
 __version__ = "0.1.0"
 
-_LAZY = {"ALGORITHMS", "HiZOO", "HiZOOL", "MeZO", "NonFiniteLossError", "ZOOptimizer", "trainable_parameters"}
+_LAZY = {"ALGORITHMS", "HiZOO", "HiZOOL", "MeZO", "NonFiniteLossError", "TeZO", "TeZOAdam", "TeZOM", "ZOAdam",
+         "ZOOptimizer", "ZOSGDMomentum", "trainable_parameters"}
 
 
 def __getattr__(name: str):

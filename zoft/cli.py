@@ -136,15 +136,20 @@ def train(
                                                           rich_help_panel=DT)] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sequence (left-truncated).",
                                                       show_default=str(_D.max_length), rich_help_panel=DT)] = None,
-    algo: Annotated[Optional[str], typer.Option(help="mezo (2 forwards, no state: the memory floor), hizoo "
-                                                "(3 forwards, +1 fp32/weight Hessian: ill-conditioned problems), "
-                                                "hizoo-l (HiZOO with m+n numbers per matrix); see `zoft list`.",
+    algo: Annotated[Optional[str], typer.Option(help="mezo (2 forwards, no state: the memory floor); "
+                                                "zo-sgd-mmt / zo-adam (dense momentum / Adam: +1 / +2 fp32 per "
+                                                "weight); hizoo (3 forwards, +1 fp32/weight Hessian: "
+                                                "ill-conditioned problems); hizoo-l (HiZOO with m+n numbers per "
+                                                "matrix); tezo / tezo-m / tezo-adam (rank-r perturbations, "
+                                                "moments in r-space: Adam-style below MeZO's memory). "
+                                                "See `zoft list`.",
                                                 show_default=_D.algo, rich_help_panel=Z)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (constant). Default: the algorithm's "
                                                 "(MeZO full FT 1e-6).", show_default=False, rich_help_panel=Z)] = None,
     eps: Annotated[Optional[float], typer.Option(help="Perturbation scale ε.", show_default="1e-3",
                                                  rich_help_panel=Z)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="Decoupled weight decay (not on bias/norm).",
+    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay λ, decoupled (zo-sgd-mmt: L2 added to the momentum, as torch SGD); "
+                                                          "never on 1-D, bias or norm tensors.",
                                                           show_default="0", rich_help_panel=Z)] = None,
     hessian_smooth: Annotated[Optional[float], typer.Option(help="HiZOO: EMA coefficient α of the diagonal "
                                                             "Hessian H.", show_default="1e-6",
@@ -157,6 +162,30 @@ def train(
                                                              show_default="code", rich_help_panel=Z)] = None,
     allow_degenerate: Annotated[bool, typer.Option("--allow-degenerate", help="HiZOO: permit α = 0 (H stays 1: "
                                                    "MeZO with a wasted forward).", rich_help_panel=Z)] = False,
+    momentum: Annotated[Optional[float], typer.Option(help="zo-sgd-mmt, tezo-m: momentum β; zo-adam, tezo-adam: "
+                                                      "β1.", show_default="0.9", rich_help_panel=Z)] = None,
+    beta2: Annotated[Optional[float], typer.Option(help="zo-adam, tezo-adam: β2.", show_default="0.999",
+                                                   rich_help_panel=Z)] = None,
+    adam_eps: Annotated[Optional[float], typer.Option(help="zo-adam, tezo-adam: δ in m̂/(√v̂ + δ).",
+                                                      show_default="1e-8", rich_help_panel=Z)] = None,
+    rank: Annotated[Optional[int], typer.Option(help="TeZO: rank r of each matrix's perturbation (capped at "
+                                                "min(m, n)).", show_default="32", rich_help_panel=Z)] = None,
+    rank_mode: Annotated[Optional[str], typer.Option(help="TeZO: fixed (--rank for every matrix) or spectrum "
+                                                     "(per matrix: singular values ≥ --rank-threshold·σ₁ of the "
+                                                     "pretrained weight, clipped to [--rank-min, --rank-max]; "
+                                                     "zoft's heuristic).", show_default="fixed",
+                                                     rich_help_panel=Z)] = None,
+    rank_threshold: Annotated[Optional[float], typer.Option(help="TeZO spectrum: relative singular-value "
+                                                            "threshold.", show_default="0.5",
+                                                            rich_help_panel=Z)] = None,
+    rank_min: Annotated[Optional[int], typer.Option(help="TeZO spectrum: smallest rank.", show_default="4",
+                                                    rich_help_panel=Z)] = None,
+    rank_max: Annotated[Optional[int], typer.Option(help="TeZO spectrum: per-layer rank cap.", show_default="64",
+                                                    rich_help_panel=Z)] = None,
+    tezo_scale: Annotated[Optional[str], typer.Option(help="TeZO: sqrt-r (Z scaled by 1/√r so E‖Z‖² matches "
+                                                      "MeZO and its lr/eps carry over) or none (the paper as "
+                                                      "written: r× the energy).", show_default="sqrt-r",
+                                                      rich_help_panel=Z)] = None,
     steps: Annotated[Optional[int], typer.Option(help="ZO steps.", show_default=str(_D.steps),
                                                  rich_help_panel=TR)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Examples per step.", show_default=str(_D.batch_size),
@@ -294,23 +323,35 @@ def eval_cmd(
                   f"[/] on {report['num_eval']} examples (loss {report['eval_loss']:.4f})", highlight=False)
 
 
-@app.command("list")
-def list_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
-    """Show the algorithms, tasks and recipes zoft ships."""
+@app.command("list", epilog="[bold]Examples[/]\n\n  zoft list\n\n  zoft list --model smollm2-135m --json   "
+             "[dim]# optimizer state in bytes of every algorithm on that model[/]")
+def list_cmd(
+    model: Annotated[Optional[str], typer.Option(help="Also give each algorithm's optimizer state in bytes for "
+                                                 "full fine-tuning of this model (built on the meta device: no "
+                                                 "weights are loaded).", show_default=False)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
+) -> None:
+    """Show the algorithms (when to pick each, forwards per step, persistent state), tasks and recipes."""
     from zoft.catalog import catalog
 
-    data = catalog(RECIPES_DIR)
+    data = _guarded(catalog, RECIPES_DIR, model)
     if as_json:
         out.print_json(json.dumps(data))
         return
+    algo_columns = ("name", "forwards_per_step", "state", "summary", "paper")
+    if model is not None:
+        for row in data["algorithms"]:
+            row["state_MiB"] = f"{row['state_bytes'] / 2**20:,.1f}"
+        algo_columns = ("name", "forwards_per_step", "state", "state_MiB", "summary")
     for title, rows, columns in (
-        ("Algorithms", data["algorithms"], ("name", "forwards_per_step", "state", "summary", "paper")),
+        ("Algorithms", data["algorithms"], algo_columns),
         ("Tasks", data["tasks"], ("name", "metric", "description")),
         ("Recipes", data["recipes"], ("path", "description")),
     ):
         table = Table(title=title, title_justify="left")
         for col in columns:
-            table.add_column(col.replace("_", " "), justify="right" if col == "forwards_per_step" else "left")
+            table.add_column(col.replace("_", " "), justify="right" if col in ("forwards_per_step", "state_MiB")
+                             else "left")
         for row in rows:
             table.add_row(*(str(row.get(c, "")) for c in columns))
         out.print(table)

@@ -56,6 +56,15 @@ class TrainConfig:
     hessian_schedule: str | None = None  # HiZOO piecewise-constant α by step, "0:1e-4,2000:1e-6"
     hessian_estimator: str = "code"     # HiZOO curvature sample: code (c·H·z², released code) or paper
     allow_degenerate: bool = False      # HiZOO: permit α = 0 (H frozen at 1: MeZO with a wasted forward)
+    momentum: float | None = None       # β of ZO-SGD-MMT / TeZO-m, β1 of ZO-Adam / TeZO-Adam; None → 0.9
+    beta2: float | None = None          # ZO-Adam / TeZO-Adam β2; None → 0.999
+    adam_eps: float | None = None       # ZO-Adam / TeZO-Adam δ in √v̂ + δ; None → 1e-8
+    rank: int | None = None             # TeZO rank r per matrix (capped at min(m, n)); None → 32
+    rank_mode: str | None = None        # TeZO: fixed (rank for every matrix) or spectrum; None → fixed
+    rank_threshold: float | None = None  # TeZO spectrum: count σ_k ≥ threshold·σ_1; None → 0.5
+    rank_min: int | None = None         # TeZO spectrum: lower clip of r_i; None → 4
+    rank_max: int | None = None         # TeZO spectrum: upper clip (per-layer cap) of r_i; None → 64
+    tezo_scale: str | None = None       # TeZO: sqrt-r (Z scaled by 1/√r, MeZO's grids carry over) or none; None → sqrt-r
     # Training
     steps: int = 20000
     batch_size: int = 16                # examples per step (each expands to one row per candidate)
@@ -170,9 +179,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("--data-file/--verbalizer/--template apply to --task custom only")
     algo_keys = ALGORITHMS[cfg.algo].config_keys
     defaults = TrainConfig()
-    for key in ("hessian_smooth", "hessian_schedule", "hessian_estimator", "allow_degenerate"):
+    for key in ALGORITHM_OPTIONS:
         if key not in algo_keys and getattr(cfg, key) != getattr(defaults, key):
-            raise ConfigError(f"{cfg.flag(key)} applies to --algo hizoo or hizoo-l, not {cfg.algo}")
+            takers = " or ".join(name for name, cls in ALGORITHMS.items() if key in cls.config_keys)
+            raise ConfigError(f"{cfg.flag(key)} applies to --algo {takers}, not {cfg.algo}")
+    _validate_algorithm_options(cfg)
     if cfg.hessian_estimator not in ("code", "paper"):
         raise ConfigError(f"--hessian-estimator {cfg.hessian_estimator}: choose code or paper")
     if cfg.hessian_smooth is not None and not 0 <= cfg.hessian_smooth <= 1:
@@ -197,6 +208,35 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("--overwrite and --resume contradict each other; pick one")
 
 
+#: keys that only some algorithms take (their `config_keys`); giving one to another algorithm is an error
+ALGORITHM_OPTIONS = ("hessian_smooth", "hessian_schedule", "hessian_estimator", "allow_degenerate", "momentum",
+                     "beta2", "adam_eps", "rank", "rank_mode", "rank_threshold", "rank_min", "rank_max",
+                     "tezo_scale")
+
+
+def _validate_algorithm_options(cfg: TrainConfig) -> None:
+    from zoft.algos.tezo import RANK_MODES, SCALES
+
+    for key in ("momentum", "beta2"):
+        value = getattr(cfg, key)
+        if value is not None and not 0 <= value < 1:
+            raise ConfigError(f"{cfg.flag(key)} must lie in [0, 1) (got {value})")
+    if cfg.adam_eps is not None and not cfg.adam_eps > 0:
+        raise ConfigError(f"--adam-eps must be > 0 (got {cfg.adam_eps})")
+    for key in ("rank", "rank_min", "rank_max"):
+        value = getattr(cfg, key)
+        if value is not None and value < 1:
+            raise ConfigError(f"{cfg.flag(key)} must be >= 1 (got {value})")
+    if cfg.rank_min is not None and cfg.rank_max is not None and cfg.rank_min > cfg.rank_max:
+        raise ConfigError(f"--rank-min {cfg.rank_min} exceeds --rank-max {cfg.rank_max}")
+    if cfg.rank_threshold is not None and not 0 < cfg.rank_threshold <= 1:
+        raise ConfigError(f"--rank-threshold must lie in (0, 1] (got {cfg.rank_threshold})")
+    if cfg.rank_mode is not None and cfg.rank_mode not in RANK_MODES:
+        raise ConfigError(f"--rank-mode {cfg.rank_mode}: choose {' or '.join(RANK_MODES)}")
+    if cfg.tezo_scale is not None and cfg.tezo_scale not in SCALES:
+        raise ConfigError(f"--tezo-scale {cfg.tezo_scale}: choose {' or '.join(SCALES)}")
+
+
 def finalize(cfg: TrainConfig) -> TrainConfig:
     """Fill the 'None → derived' fields so config.yaml records the values the run actually used."""
     from zoft.algos import ALGORITHMS
@@ -205,8 +245,9 @@ def finalize(cfg: TrainConfig) -> TrainConfig:
     cfg = dataclasses.replace(cfg)
     cfg.lr = algo.default_lr if cfg.lr is None else cfg.lr
     cfg.eps = algo.default_eps if cfg.eps is None else cfg.eps
-    if "hessian_smooth" in algo.config_keys and cfg.hessian_smooth is None:
-        cfg.hessian_smooth = algo.default_hessian_smooth
+    for key in algo.config_keys:  # record the algorithm's defaults so config.yaml says what the run used
+        if getattr(cfg, key) is None and hasattr(algo, f"default_{key}"):
+            setattr(cfg, key, getattr(algo, f"default_{key}"))
     cfg.eval_every = max(cfg.steps // 5, 1) if cfg.eval_every is None else cfg.eval_every
     cfg.save_every = cfg.eval_every if cfg.save_every is None else cfg.save_every
     cfg.micro_batch_size = cfg.micro_batch_size or cfg.batch_size

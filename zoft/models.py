@@ -47,6 +47,8 @@ def embedded_model_dir(alias: str = DEFAULT_MODEL) -> Path:
     log.info("converting %s from GGUF to safetensors in %s (once, ~15 s)", alias, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    quiet_transformers()
+
     tokenizer = AutoTokenizer.from_pretrained(source, gguf_file=gguf_file)
     model = AutoModelForCausalLM.from_pretrained(source, gguf_file=gguf_file, dtype=torch.float32)
     # The weights are dequantized already; drop the GGUF marker so the model saves as a plain HF model.
@@ -155,3 +157,19 @@ def load_model(model: str | None, dtype: str = "auto", device: str = "auto"):
     lm.eval()
     lm.config.use_cache = False
     return lm, tokenizer, path
+
+
+def meta_model(model: str | None):
+    """The model built on the meta device from its config: shapes and names, no weights read or allocated."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    quiet_transformers()
+    path = resolve_model_path(model)
+    try:
+        config = AutoConfig.from_pretrained(path)
+    except OSError as exc:
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--model {model}: could not read its config ({first}); offline, pass a local model "
+                          "dir") from exc
+    with torch.device("meta"):
+        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)

@@ -115,6 +115,17 @@ class PerturbationEngine:
         self.regenerations += 1
         return z
 
+    def draw(self, shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
+        """A new fp32 N(0, 1) tensor from the device's dedicated generator seeded with `seed` (for small factors
+        such as TeZO's U, V and τ; the global RNGs are never touched)."""
+        gen = self._generator(torch.device(device))
+        gen.manual_seed(seed)
+        return torch.randn(shape, generator=gen, dtype=torch.float32, device=device)
+
+    def count_pass(self) -> None:
+        """Record one pass for algorithms that sweep the parameters themselves (low-rank perturbations)."""
+        self.passes += 1
+
     def sweep(self, seed: int, probe: int = 0, tag: str = "z") -> Iterator[tuple[int, torch.Tensor, torch.Tensor]]:
         """One pass: yields (i, θ_i, z_i) for every tensor; the caller applies its in-place update."""
         self.passes += 1

@@ -37,7 +37,8 @@ log = logging.getLogger(__name__)
 # Settings that change the trajectory: a resume must use the same values as the run it continues.
 _TRAJECTORY_KEYS = ("model", "task", "data_dir", "data_file", "num_train", "num_dev", "train_set_seed",
                     "max_length", "algo", "lr", "eps", "weight_decay", "batch_size", "seed", "dtype",
-                    "hessian_smooth", "hessian_schedule", "hessian_estimator")
+                    "hessian_smooth", "hessian_schedule", "hessian_estimator", "momentum", "beta2", "adam_eps",
+                    "rank", "rank_mode", "rank_threshold", "rank_min", "rank_max", "tezo_scale")
 
 
 class Interrupted(Exception):
@@ -202,10 +203,11 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     if resume_from is None:
         metrics.write({"event": "start", "step": 0, "zoft": __version__, "model_path": model_path,
                        "algo": cfg.algo, "trainable_params": n_trainable, "state_bytes": opt.state_bytes(),
+                       "state_breakdown": opt.state_breakdown(),
                        "dtype": str(next(model.parameters()).dtype), "device": str(device),
                        "data": splits.source})
     reporter.info(f"{cfg.algo} on {n_trainable:,} trainable params ({model_path}), "
-                  f"{opt.forwards_per_step} forwards/step, optimizer state {opt.state_bytes():,} B")
+                  f"{opt.forwards_per_step} forwards/step, optimizer state {_state_text(opt)}")
 
     def closure_for(indices: list[int]):
         chunks = [indices[i:i + cfg.micro_batch_size] for i in range(0, len(indices), cfg.micro_batch_size)]
@@ -288,6 +290,13 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     plot_metrics(metrics.records, out / "loss.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _state_text(opt) -> str:
+    """'12,345 B (factors 12,000 B, moments 345 B)': the persistent state a run holds beyond the weights."""
+    parts = opt.state_breakdown()
+    detail = f" ({', '.join(f'{k} {v:,} B' for k, v in parts.items())})" if len(parts) > 1 else ""
+    return f"{opt.state_bytes():,} B{detail}"
 
 
 def _final_eval(cfg: TrainConfig, state: dict[str, Any], model, eval_enc: list[Encoded], pad: int,

@@ -43,6 +43,12 @@ def decays(name: str | None, param: torch.Tensor) -> bool:
     return name is None or not any(m in name.lower() for m in _NO_DECAY_MARKERS)
 
 
+def state_dtype(p: torch.Tensor) -> torch.dtype:
+    """dtype of moment-like optimizer state: fp32 for fp32/bf16/fp16 weights (ALGORITHMS.md §1.8: small EMA
+    increments vanish in half precision), fp64 for fp64 weights so that float64 oracles hold to 1e-10."""
+    return torch.float64 if p.dtype == torch.float64 else torch.float32
+
+
 def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Parameter]]:
     """The trainable tensors as (name, param) sorted by name: the fixed order that fixes each tensor's seed."""
     return sorted(((n, p) for n, p in model.named_parameters() if p.requires_grad), key=lambda np_: np_[0])
@@ -133,6 +139,11 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _zo_step(self, closure: Closure, seed: int) -> float:
         raise NotImplementedError  # abstract: each algorithm defines its step
 
+    @torch.no_grad()
+    def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
+        """θ ← θ + scale·Z(seed) in place: one pass along the algorithm's probe direction (dense z here)."""
+        self.engine.add_(seed, scale, probe)
+
     def diagnostics(self) -> dict[str, float]:
         """Scalars describing the optimizer state, logged at each evaluation (none for stateless methods)."""
         return {}
@@ -142,9 +153,21 @@ class ZOOptimizer(torch.optim.Optimizer):
         return sum(t.numel() * t.element_size() for s in self.state.values() for t in s.values()
                    if isinstance(t, torch.Tensor))
 
+    def state_breakdown(self) -> dict[str, int]:
+        """Persistent state in bytes by kind (e.g. moments, Hessian, cached factors), for logs and `zoft list`."""
+        return {"state": self.state_bytes()} if self.state_bytes() else {}
+
+    def _extra_state(self) -> dict[str, Any]:
+        """Algorithm state kept outside `self.state` that a checkpoint must restore (plain Python values)."""
+        return {}
+
+    def _load_extra_state(self, extra: dict[str, Any]) -> None:
+        """Counterpart of `_extra_state`, called after the tensors of `self.state` are restored."""
+
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
-        sd["zo"] = {"t": self.t, "seed": self.seed, "forwards": self.forwards, "algo": type(self).__name__}
+        sd["zo"] = {"t": self.t, "seed": self.seed, "forwards": self.forwards, "algo": type(self).__name__,
+                    "extra": self._extra_state()}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -153,16 +176,56 @@ class ZOOptimizer(torch.optim.Optimizer):
         if zo["algo"] != type(self).__name__:
             raise ValueError(f"optimizer state is from {zo['algo']}, not {type(self).__name__}")
         super().load_state_dict(state_dict)
-        # torch.optim casts floating state to each parameter's dtype (and calls that policy by class name, so it
+        # torch.optim casts every state tensor to its parameter's dtype (and calls that policy by class name, so it
         # cannot be overridden). ZO state is fp32 by design (ALGORITHMS.md §1.8: a bf16 Hessian or moment loses
         # its small EMA increments), so put the saved tensors back in their own dtype.
         params = [p for group in self.param_groups for p in group["params"]]
         for index, saved in state_dict["state"].items():
             p = params[int(index)]
             for key, value in saved.items():
-                if isinstance(value, torch.Tensor) and value.is_floating_point():
+                if isinstance(value, torch.Tensor):
                     self.state[p][key] = value.detach().to(device=p.device, copy=True)
         self.t, self.seed, self.forwards = int(zo["t"]), int(zo["seed"]), int(zo["forwards"])
+        self._load_extra_state(zo.get("extra", {}))
+
+
+class TwoPointZO(ZOOptimizer):
+    """The two-sided SPSA step shared by MeZO and every method that differs from it only in the direction it
+    probes along or in the update it applies (ALGORITHMS.md §1.3):
+
+        P1  θ ← θ + ε·Z           → L+        (`perturb(seed, ε)`)
+        P2  θ ← θ − 2ε·Z          → L−        (`perturb(seed, −2ε)`)
+            g = (L+ − L−)/(2ε)
+        P3  restore θ + ε·Z fused with the algorithm's update   (`_update(seed, g)`)
+
+    Z is the engine's dense Gaussian z unless a subclass overrides `perturb` (TeZO's low-rank Z). 2 forwards and
+    3 passes per step; the reported loss is (L+ + L−)/2, so no forward is spent on logging (§1.7).
+    """
+
+    forwards_per_step = 2
+
+    @property
+    def eps(self) -> float:
+        return self.param_groups[0]["eps"]
+
+    def _update(self, seed: int, g: float) -> None:
+        raise NotImplementedError  # abstract: the fused restore + update pass P3
+
+    def _zo_step(self, closure: Closure, seed: int) -> float:
+        eps = self.eps
+        self.perturb(seed, eps)                          # P1: θ + εZ
+        loss_plus = self.evaluate(closure)
+        self.perturb(seed, -2.0 * eps)                   # P2: θ − εZ
+        loss_minus = self.evaluate(closure)
+        check_finite(self, (loss_plus, loss_minus), restore=lambda: self.perturb(seed, eps))
+        g = (loss_plus - loss_minus) / (2.0 * eps)       # Python float: fp64 arithmetic on the two fp32 losses
+        self._update(seed, g)                            # P3
+        self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus}
+        return 0.5 * (loss_plus + loss_minus)
+
+    def bias_corrections(self, beta1: float, beta2: float) -> tuple[float, float]:
+        """Adam's 1 − β1^t and 1 − β2^t for the step being taken (t counts from 1, as in torch.optim.Adam)."""
+        return 1.0 - beta1 ** (self.t + 1), 1.0 - beta2 ** (self.t + 1)
 
 
 def check_finite(opt: ZOOptimizer, losses: Iterable[float], restore: Callable[[], None]) -> None:

@@ -131,19 +131,20 @@ class HiZOO(ZOOptimizer):
                 alpha = value
         return alpha
 
-    def _perturb(self, seed: int, scale: float) -> None:
+    @torch.no_grad()
+    def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
         """θ += scale·z/√H (one pass)."""
-        for i, p, z in self.engine.sweep(seed):
+        for i, p, z in self.engine.sweep(seed, probe):
             p.addcdiv_(z, self._sqrt_h(i, 0), value=scale)
 
     def _zo_step(self, closure: Closure, seed: int) -> float:
         eps = self.param_groups[0]["eps"]
         loss0 = self.evaluate(closure)
-        self._perturb(seed, eps)                                     # P1
+        self.perturb(seed, eps)                                     # P1
         loss_plus = self.evaluate(closure)
-        self._perturb(seed, -2.0 * eps)                              # P2
+        self.perturb(seed, -2.0 * eps)                              # P2
         loss_minus = self.evaluate(closure)
-        check_finite(self, (loss0, loss_plus, loss_minus), restore=lambda: self._perturb(seed, eps))
+        check_finite(self, (loss0, loss_plus, loss_minus), restore=lambda: self.perturb(seed, eps))
         g = (loss_plus - loss_minus) / (2.0 * eps)
         delta = loss_plus + loss_minus - 2.0 * loss0
         c = abs(delta) / (2.0 * eps * eps)

@@ -1,0 +1,321 @@
+"""TeZO, TeZO-m and TeZO-Adam: temporal low-rank ZO (Sun et al., arXiv 2501.19057).
+
+TeZO views the perturbations of one m×n weight over T steps as an m×n×T tensor with a rank-r CP form. Each
+2-D weight W_i gets factors U ∈ R^{m×r}, V ∈ R^{n×r} with N(0, 1) entries, drawn once from mix(run_seed, i, "U"/"V")
+and fixed for the run; step t draws only r numbers τ_t ~ N(0, I_r) from the step seed (ALGORITHMS.md §4.1):
+
+    Z_t = s_r · U·diag(τ_t)·Vᵀ            s_r = 1/√r (zoft's default, E‖Z‖_F² = m·n like MeZO's z) or 1 (paper)
+    κ_t = (L(θ + εZ_t) − L(θ − εZ_t)) / (2ε)
+
+    TeZO       W ← W − η(κ_t·Z_t + λW)
+    TeZO-m     m_t = β·m_{t−1} + (1−β)·κ_t·τ_t ∈ R^r ;  W ← W − η(s_r·U·diag(m_t)·Vᵀ + λW)
+    TeZO-Adam  m_t as TeZO-m ;  v_t = β2·v_{t−1} + (1−β2)·κ_t²·τ_t⊙τ_t ∈ R^r            (separable 2nd moment)
+               M̂ = s_r·U·diag(m_t/(1−β1^t))·Vᵀ ;  V̂ = s_r²·(U⊙U)·diag(v_t/(1−β2^t))·(V⊙V)ᵀ
+               W ← W − η·M̂/(√V̂ + δ) − η·λ·W
+
+Because U and V are fixed, the momentum of the dense estimates κ_t·Z_t stays in the CP form, so the moments are
+r numbers per matrix instead of m·n (TeZO-m is *exactly* dense momentum of κ_t·Z_t; TeZO-Adam drops the cross
+terms τ_k·τ_l of the squared CP sum, which is exact for r = 1). The separable second moment is zoft's reading
+of the paper's description (§4.4). Tensors that are not 2-D (biases, norms) use a plain Gaussian z and dense
+state, as MeZO / ZO-SGD momentum / ZO-Adam would.
+
+Consequence worth knowing: W_T − W_0 always lies in the r-dimensional span of {u_k v_kᵀ}, a fixed random subspace.
+
+Cost: 2 forwards and 3 passes per step, like MeZO. A pass applies Z with one in-place `addmm_` per matrix
+(2·m·n·r FLOPs) and draws r + (1-D sizes) random numbers instead of m·n: generating noise, the bottleneck of a
+dense ZO step on CPU, nearly disappears.
+
+Memory. Persistent: U and V, (m + n)·r numbers per matrix, cached on the device in fp32 (SmolLM2-135M, r = 32:
+11.4 M numbers, 45 MB, 8.5 % of the weights); they are regenerated from their seeds, never checkpointed.
+Moments: r (TeZO-m) or 2r (TeZO-Adam) fp32 per matrix, plus dense fp32 state for the 1-D tensors.
+Transient, per matrix: a min(m, n)×r product of a factor with the coefficients (the low-rank product is added by
+`addmm_` straight into W's storage, so no m×n noise matrix ever exists for fp32 weights). For bf16/fp16 weights
+and for TeZO-Adam's M̂ and V̂, the m×n products are built in row blocks of at most 4 M fp32 numbers (16 MiB) each:
+TeZO-Adam's peak extra transient is two such blocks. Nothing is the size of the largest tensor except the
+engine's z buffer, which only 1-D tensors use.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+
+from zoft.algos.base import TwoPointZO, state_dtype
+from zoft.algos.mezo import adam_dense_update, check_adam_hyper
+from zoft.perturb import mix, tag_id, tensor_seed
+
+#: fp32 numbers per row block when an m×n product must exist (bf16 weights, TeZO-Adam's M̂/V̂): 16 MiB
+CHUNK_ELEMENTS = 1 << 22
+RANK_MODES = ("fixed", "spectrum")
+SCALES = ("sqrt-r", "none")
+
+
+def select_ranks(params: Sequence[torch.Tensor], rank: int, rank_mode: str = "fixed", threshold: float = 0.5,
+                 rank_min: int = 4, rank_max: int = 64) -> list[int]:
+    """Rank per tensor (0 for tensors that are not 2-D), capped at min(m, n).
+
+    fixed:    r for every matrix (default 32, ALGORITHMS.md §4.2).
+    spectrum: zoft's heuristic, not the paper's rule (which was not available): r_i = the number of singular
+              values of the pretrained W_i above threshold·σ_1, clipped to [rank_min, rank_max].
+    """
+    ranks = []
+    for p in params:
+        if p.ndim != 2:
+            ranks.append(0)
+            continue
+        if rank_mode == "spectrum":
+            sv = torch.linalg.svdvals(p.detach().float())
+            r = min(max(int((sv >= threshold * sv[0]).sum()), rank_min), rank_max)
+        else:
+            r = rank
+        ranks.append(max(1, min(r, *p.shape)))
+    return ranks
+
+
+class TeZO(TwoPointZO):
+    """TeZO-SGD: rank-r CP perturbations with fixed factors and per-step temporal coefficients.
+
+    Args (beyond ZOOptimizer's):
+        rank: r per matrix (capped at min(m, n)); in spectrum mode see `select_ranks`.
+        rank_mode: "fixed" or "spectrum".
+        rank_threshold, rank_min, rank_max: spectrum mode's σ_k ≥ threshold·σ_1 rule and its clip range.
+        tezo_scale: "sqrt-r" (s_r = 1/√r: MeZO's ε and LR grids carry over) or "none" (the paper as written).
+    """
+
+    summary = ("temporal low-rank ZO: rank-r perturbations from fixed factors, 2 forwards/step, no m×n noise; "
+               "cheapest passes, for big models")
+    paper = "Sun et al. 2025, arXiv 2501.19057"
+    state_desc = "(m+n)·r cached factors per matrix (not checkpointed)"
+    config_keys = ("rank", "rank_mode", "rank_threshold", "rank_min", "rank_max", "tezo_scale")
+    default_rank, default_rank_mode, default_tezo_scale = 32, "fixed", "sqrt-r"
+    default_rank_threshold, default_rank_min, default_rank_max = 0.5, 4, 64
+
+    def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, rank: int | None = None,
+                 rank_mode: str | None = None, rank_threshold: float | None = None, rank_min: int | None = None,
+                 rank_max: int | None = None, tezo_scale: str | None = None, **hyper):
+        rank = self.default_rank if rank is None else int(rank)
+        rank_mode = rank_mode or self.default_rank_mode
+        threshold = self.default_rank_threshold if rank_threshold is None else float(rank_threshold)
+        rank_min = self.default_rank_min if rank_min is None else int(rank_min)
+        rank_max = self.default_rank_max if rank_max is None else int(rank_max)
+        tezo_scale = tezo_scale or self.default_tezo_scale
+        if rank < 1:
+            raise ValueError(f"rank must be >= 1, got {rank}")
+        if rank_mode not in RANK_MODES:
+            raise ValueError(f"rank_mode must be one of {', '.join(RANK_MODES)}, got {rank_mode!r}")
+        if not 0 < threshold <= 1:
+            raise ValueError(f"rank_threshold must lie in (0, 1], got {threshold}")
+        if not 1 <= rank_min <= rank_max:
+            raise ValueError(f"need 1 <= rank_min <= rank_max, got {rank_min} and {rank_max}")
+        if tezo_scale not in SCALES:
+            raise ValueError(f"tezo_scale must be one of {', '.join(SCALES)}, got {tezo_scale!r}")
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, **hyper)
+        self.rank_mode, self.tezo_scale = rank_mode, tezo_scale
+        self.ranks = select_ranks(self._tensors, rank, rank_mode, threshold, rank_min, rank_max)
+        self._factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+        self._init_state()
+
+    # -- state --------------------------------------------------------------------------------------------
+    def _init_state(self) -> None:
+        """Moments (none for TeZO-SGD)."""
+
+    def _extra_state(self) -> dict:
+        return {"ranks": list(self.ranks)}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        # spectrum ranks come from the *pretrained* weights; a resumed run must keep them, not recompute them
+        ranks = extra.get("ranks")
+        if ranks is not None and list(ranks) != self.ranks:
+            self.ranks = [int(r) for r in ranks]
+            self._factors.clear()
+
+    def factor_bytes(self) -> int:
+        """Bytes of the cached U and V factors ((m + n)·r per matrix)."""
+        return sum(4 * (p.shape[0] + p.shape[1]) * r * (2 if p.dtype == torch.float64 else 1)
+                   for p, r in zip(self._tensors, self.ranks) if r)
+
+    def state_bytes(self) -> int:
+        return super().state_bytes() + self.factor_bytes()
+
+    def state_breakdown(self) -> dict[str, int]:
+        moments = super().state_bytes()
+        return {"factors": self.factor_bytes(), **({"moments": moments} if moments else {})}
+
+    # -- the low-rank direction ---------------------------------------------------------------------------
+    def scale(self, index: int) -> float:
+        """s_r of tensor `index`."""
+        return 1.0 / math.sqrt(self.ranks[index]) if self.tezo_scale == "sqrt-r" else 1.0
+
+    def factors(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(U, V) of matrix `index`, drawn from mix(run_seed, i, "U"/"V") on first use and cached."""
+        cached = self._factors.get(index)
+        if cached is None:
+            p, r = self._tensors[index], self.ranks[index]
+            m, n = p.shape
+            u = self.engine.draw((m, r), mix(self.seed, index, tag_id("U")), p.device)
+            v = self.engine.draw((n, r), mix(self.seed, index, tag_id("V")), p.device)
+            dtype = state_dtype(p)
+            cached = self._factors[index] = (u.to(dtype), v.to(dtype))
+        return cached
+
+    def tau(self, index: int, seed: int) -> torch.Tensor:
+        """τ_t of matrix `index` (r numbers), regenerated from s_{t,0,i,"tau"} in every pass."""
+        p = self._tensors[index]
+        return self.engine.draw((self.ranks[index],), tensor_seed(seed, index, 0, "tau"), p.device).to(
+            state_dtype(p))
+
+    def direction(self, index: int, seed: int) -> torch.Tensor:
+        """Z_t of matrix `index` as a dense m×n tensor (for tests and analysis; the passes never build it)."""
+        u, v = self.factors(index)
+        return (u * (self.scale(index) * self.tau(index, seed))) @ v.t()
+
+    def add_lowrank(self, index: int, coef: torch.Tensor, beta: float = 1.0) -> None:
+        """W ← β·W + U·diag(coef)·Vᵀ in place on W's storage, never holding an m×n temporary for fp32 weights."""
+        p = self._tensors[index]
+        u, v = self.factors(index)
+        m, n = p.shape
+        if p.dtype == u.dtype:
+            # scale the smaller factor: the only temporary is min(m, n)×r
+            if m <= n:
+                p.addmm_(u * coef, v.t(), beta=beta)
+            else:
+                p.addmm_(u, (v * coef).t(), beta=beta)
+            return
+        # bf16/fp16 weights: build the fp32 product in row blocks (≤ CHUNK_ELEMENTS) and add it, rounding once
+        vc = (v * coef).t()
+        rows = max(1, CHUNK_ELEMENTS // n)
+        for a in range(0, m, rows):
+            block = u[a:a + rows] @ vc
+            target = p[a:a + rows]
+            if beta != 1.0:
+                target.mul_(beta)
+            target.add_(block)
+
+    @torch.no_grad()
+    def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
+        """θ ← θ + scale·Z_t: low-rank for matrices, dense z for the other tensors (one pass)."""
+        self.engine.count_pass()
+        for i, p in enumerate(self._tensors):
+            if self.ranks[i]:
+                self.add_lowrank(i, self.tau(i, seed) * (scale * self.scale(i)))
+            else:
+                p.add_(self.engine.noise(i, seed, probe), alpha=scale)
+
+    # -- P3 -----------------------------------------------------------------------------------------------
+    def _update(self, seed: int, g: float) -> None:
+        self.engine.count_pass()
+        eps = self.eps
+        for i, p in enumerate(self._tensors):
+            c, lr = self.decay_factor(i), self.hyper(i)["lr"]
+            if self.ranks[i]:
+                # W ← c·W + s·U·diag((c·ε − η·κ)·τ)·Vᵀ = c·W_orig − η·κ·Z_t, one addmm
+                self.add_lowrank(i, self.tau(i, seed) * ((c * eps - lr * g) * self.scale(i)), beta=c)
+            else:
+                if c != 1.0:
+                    p.mul_(c)
+                p.add_(self.engine.noise(i, seed), alpha=c * eps - lr * g)
+
+
+class TeZOM(TeZO):
+    """TeZO with momentum kept in the r-dimensional coefficient space (r numbers per matrix).
+
+    Args (beyond TeZO's): momentum: β of m_t = β·m_{t−1} + (1−β)·κ_t·τ_t (an EMA, as in the paper).
+    """
+
+    summary = "TeZO with momentum in r-space: +r numbers per matrix; momentum at MeZO's memory"
+    state_desc = "r fp32 per matrix (+ dense for 1-D) + cached factors"
+    config_keys = TeZO.config_keys + ("momentum",)
+    default_momentum = 0.9
+
+    def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, momentum: float | None = None, **kw):
+        momentum = self.default_momentum if momentum is None else float(momentum)
+        if not 0 <= momentum < 1:
+            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, momentum=momentum, **kw)
+
+    def _init_state(self) -> None:
+        for i, p in enumerate(self._tensors):
+            shape = (self.ranks[i],) if self.ranks[i] else p.shape
+            self.state[p]["exp_avg"] = torch.zeros(shape, dtype=state_dtype(p), device=p.device)
+
+    def _update(self, seed: int, g: float) -> None:
+        self.engine.count_pass()
+        eps = self.eps
+        for i, p in enumerate(self._tensors):
+            group, c = self.hyper(i), self.decay_factor(i)
+            beta, lr, m = group["momentum"], group["lr"], self.state[p]["exp_avg"]
+            if self.ranks[i]:
+                tau = self.tau(i, seed)
+                m.mul_(beta).add_(tau, alpha=(1.0 - beta) * g)
+                # c·(W + ε·s·U diag(τ) Vᵀ) − η·s·U diag(m) Vᵀ in one addmm
+                self.add_lowrank(i, (tau * (c * eps) - m * lr) * self.scale(i), beta=c)
+            else:
+                z = self.engine.noise(i, seed)
+                p.add_(z, alpha=eps)
+                if c != 1.0:
+                    p.mul_(c)
+                m.mul_(beta).add_(z, alpha=(1.0 - beta) * g)
+                p.add_(m, alpha=-lr)
+
+
+class TeZOAdam(TeZO):
+    """TeZO with Adam moments in r-space (2r numbers per matrix) and a separable second moment.
+
+    Args (beyond TeZO's): momentum (β1), beta2 (β2), adam_eps (δ).
+    """
+
+    summary = ("TeZO with Adam moments in r-space: +2r numbers per matrix; Adam-style steps below MeZO-SGD's "
+               "memory")
+    state_desc = "2r fp32 per matrix (+ dense 2× for 1-D) + cached factors"
+    config_keys = TeZO.config_keys + ("momentum", "beta2", "adam_eps")
+    default_lr = 1e-5  # the paper's Adam-type grid {1e-4, 3e-5, 1e-5, 3e-6} (§4.4)
+    default_momentum, default_beta2, default_adam_eps = 0.9, 0.999, 1e-8
+
+    def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, momentum: float | None = None,
+                 beta2: float | None = None, adam_eps: float | None = None, **kw):
+        beta1 = self.default_momentum if momentum is None else float(momentum)
+        beta2 = self.default_beta2 if beta2 is None else float(beta2)
+        delta = self.default_adam_eps if adam_eps is None else float(adam_eps)
+        check_adam_hyper(beta1, beta2, delta)
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, momentum=beta1,
+                         beta2=beta2, adam_eps=delta, **kw)
+
+    def _init_state(self) -> None:
+        for i, p in enumerate(self._tensors):
+            shape = (self.ranks[i],) if self.ranks[i] else p.shape
+            self.state[p]["exp_avg"] = torch.zeros(shape, dtype=state_dtype(p), device=p.device)
+            self.state[p]["exp_avg_sq"] = torch.zeros(shape, dtype=state_dtype(p), device=p.device)
+
+    def _update(self, seed: int, g: float) -> None:
+        self.engine.count_pass()
+        eps = self.eps
+        for i, p in enumerate(self._tensors):
+            group, c = self.hyper(i), self.decay_factor(i)
+            corrections = self.bias_corrections(group["momentum"], group["beta2"])
+            if not self.ranks[i]:
+                adam_dense_update(p, self.engine.noise(i, seed), self.state[p], g, self.engine.scratch(i, 0),
+                                  group, eps, c, corrections)
+                continue
+            m, v = self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"]
+            tau = self.tau(i, seed)
+            m.mul_(group["momentum"]).add_(tau, alpha=(1.0 - group["momentum"]) * g)
+            v.mul_(group["beta2"]).addcmul_(tau, tau, value=(1.0 - group["beta2"]) * g * g)
+            s = self.scale(i)
+            self.add_lowrank(i, tau * (c * eps * s), beta=c)          # restore and decay: c·W_orig
+            self._adam_step(i, m * (s / corrections[0]), v * (s * s / corrections[1]), group)
+
+    def _adam_step(self, index: int, m_hat: torch.Tensor, v_hat: torch.Tensor, group: dict) -> None:
+        """W ← W − η·(U diag(m̂) Vᵀ) / (√((U⊙U) diag(v̂) (V⊙V)ᵀ) + δ), built in row blocks of ≤ 16 MiB each."""
+        p = self._tensors[index]
+        u, v = self.factors(index)
+        n = p.shape[1]
+        vm, vv = (v * m_hat).t(), (v * v * v_hat).t()
+        rows = max(1, CHUNK_ELEMENTS // n)
+        for a in range(0, p.shape[0], rows):
+            ub = u[a:a + rows]
+            num = ub @ vm
+            den = (ub * ub) @ vv
+            den.sqrt_().add_(group["adam_eps"])
+            p[a:a + rows].addcdiv_(num, den, value=-group["lr"])
