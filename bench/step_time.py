@@ -4,13 +4,16 @@ A ZO step can cost no less than its forwards; the rest is passes over the parame
 it in place). This prints, measured in one run on the same batch:
 
     forward      one loss evaluation (batch of SST-2 examples × 2 candidates)
-    pass         one perturbation pass: regenerate z for all 134.5 M parameters and add it in place
-    step         the algorithm's step (MeZO: 2 forwards + 3 passes; HiZOO/HiZOO-L: 3 forwards + 3 passes)
+    pass         one perturbation pass of the algorithm (`opt.perturb`): MeZO-style methods regenerate z for all
+                 134.5 M parameters and add it in place; TeZO draws r numbers per matrix and adds a rank-r product
+    step         the algorithm's step (2 forwards + 3 passes; HiZOO/HiZOO-L: 3 forwards + 3 passes)
     ratio        step / (forwards per step × forward): 1.0 would be the physical floor
     peak         peak resident memory of the process while stepping (VmHWM after resetting it; tracemalloc
-                 cannot see tensors), and the optimizer's persistent state
+                 cannot see tensors); `extra` is that peak minus the resident memory after loading the model and
+                 running the forwards (weights, activations, torch itself), i.e. what the optimizer adds: its
+                 persistent state plus its transient buffers
 
-Usage: python bench/step_time.py [--algo mezo|hizoo|hizoo-l|all] [--dtype bfloat16|float32] [--batch-size 16]
+Usage: python bench/step_time.py [--algo NAME|all] [--dtype bfloat16|float32] [--batch-size 16]
        [--repeats 5] [--threads N]      (`all` runs each algorithm in its own process so peaks do not mix)
 """
 
@@ -36,15 +39,19 @@ from zoft.scoring import classification_loss, collate, encode_examples  # noqa: 
 from zoft.tasks import get_task, load_splits  # noqa: E402
 
 
-def timed(fn, repeats: int) -> float:
-    """Median wall time of `fn` over `repeats` runs after one warm-up run."""
-    fn()
-    times = []
-    for _ in range(repeats):
-        t = time.perf_counter()
+def interleaved(fns, repeats: int) -> list[float]:
+    """Median wall time of each function, timed round-robin (f1, f2, f3, f1, ...) after one warm-up each, so that
+    the drift of a shared machine's speed (forwards varied 0.6–1.4 s between minutes here) hits all of them alike
+    and the ratios stay meaningful."""
+    for fn in fns:
         fn()
-        times.append(time.perf_counter() - t)
-    return statistics.median(times)
+    times = [[] for _ in fns]
+    for _ in range(repeats):
+        for fn, bucket in zip(fns, times):
+            t = time.perf_counter()
+            fn()
+            bucket.append(time.perf_counter() - t)
+    return [statistics.median(b) for b in times]
 
 
 def peak_rss_reset() -> None:
@@ -83,12 +90,14 @@ def main() -> None:
         with torch.inference_mode():
             return float(classification_loss(model, batch))
 
-    t_forward = timed(forward, args.repeats)
+    forward()
+    forward()
     peak_rss_reset()
     base_rss = peak_rss_bytes()  # weights + one forward's working set already touched
-    opt = ALGORITHMS[args.algo](trainable_parameters(model), lr=1e-6, eps=1e-3)
-    t_pass = timed(lambda: opt.engine.add_(step_seed(0, 0), 0.0), args.repeats)
-    t_step = timed(lambda: opt.step(lambda: classification_loss(model, batch)), args.repeats)
+    opt = ALGORITHMS[args.algo](trainable_parameters(model), eps=1e-3)  # the algorithm's default lr
+    t_forward, t_pass, t_step = interleaved([forward, lambda: opt.perturb(step_seed(0, 0), 0.0),
+                                             lambda: opt.step(lambda: classification_loss(model, batch))],
+                                            args.repeats)
     peak = peak_rss_bytes()
     k = opt.forwards_per_step
     tokens = int(batch[0].attention_mask.sum())
@@ -96,15 +105,17 @@ def main() -> None:
               "rows": int(batch[0].input_ids.shape[0]), "tokens": tokens, "threads": torch.get_num_threads(),
               "forward_s": round(t_forward, 4), "pass_s": round(t_pass, 4), "step_s": round(t_step, 4),
               "forwards_per_step": k, "ratio_step_over_forwards": round(t_step / (k * t_forward), 3),
-              "peak_rss_bytes": peak, "rss_before_optimizer_bytes": base_rss, "state_bytes": opt.state_bytes()}
+              "peak_rss_bytes": peak, "rss_before_optimizer_bytes": base_rss, "extra_peak_bytes": peak - base_rss,
+              "state_bytes": opt.state_bytes(), "state_breakdown": opt.state_breakdown()}
     print(f"SmolLM2-135M {args.dtype}, {args.algo}, batch {args.batch_size} examples ({result['rows']} rows, "
           f"{tokens} tokens), {result['threads']} threads")
     print(f"  forward      {t_forward:.3f} s")
-    print(f"  pass         {t_pass:.3f} s   (regenerate z for {sum(p.numel() for p in opt.engine.params):,} "
-          "params + in-place add)")
+    print(f"  pass         {t_pass:.3f} s   (one perturbation of {sum(p.numel() for p in opt.engine.params):,} "
+          "params, in place)")
     print(f"  step         {t_step:.3f} s   ({k} forwards + 3 passes)")
     print(f"  ratio        {result['ratio_step_over_forwards']:.2f}× {k} forwards")
-    print(f"  peak RSS     {peak / 2**30:.2f} GiB (optimizer state {opt.state_bytes() / 2**20:.1f} MiB)")
+    print(f"  peak RSS     {peak / 2**30:.2f} GiB, {(peak - base_rss) / 2**20:.0f} MiB over inference "
+          f"(optimizer state {opt.state_bytes() / 2**20:.1f} MiB)")
     print(json.dumps(result))
 
 
@@ -117,11 +128,16 @@ def run_all(args) -> None:
         out = subprocess.run(cmd, check=True, capture_output=True, text=True).stdout
         print(out.strip())
         rows.append(json.loads(out.strip().splitlines()[-1]))
-    base = rows[0]
-    print(f"\n{'algo':8s} {'step/fwds':>10s} {'peak GiB':>9s} {'vs mezo':>8s} {'state MiB':>10s}")
+    by = {r["algo"]: r for r in rows}
+    mezo, adam = by["mezo"], by.get("zo-adam")
+    print(f"\n{'algo':10s} {'step/fwds':>10s} {'pass s':>7s} {'peak GiB':>9s} {'extra MiB':>10s} {'vs mezo':>8s} "
+          f"{'vs zo-adam':>10s} {'state MiB':>10s}")
     for r in rows:
-        print(f"{r['algo']:8s} {r['ratio_step_over_forwards']:>9.2f}× {r['peak_rss_bytes'] / 2**30:>9.2f} "
-              f"{r['peak_rss_bytes'] / base['peak_rss_bytes']:>7.2f}× {r['state_bytes'] / 2**20:>10.1f}")
+        vs_adam = f"{r['extra_peak_bytes'] / adam['extra_peak_bytes']:>9.2f}×" if adam else ""
+        print(f"{r['algo']:10s} {r['ratio_step_over_forwards']:>9.2f}× {r['pass_s']:>7.3f} "
+              f"{r['peak_rss_bytes'] / 2**30:>9.2f} {r['extra_peak_bytes'] / 2**20:>10.0f} "
+              f"{r['extra_peak_bytes'] / mezo['extra_peak_bytes']:>7.2f}× {vs_adam} {r['state_bytes'] / 2**20:>10.1f}")
+    print("(vs mezo / vs zo-adam compare the memory each optimizer adds over inference)")
 
 
 if __name__ == "__main__":

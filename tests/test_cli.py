@@ -103,6 +103,7 @@ def _write(path, text):
     (["--algo", "zo-adam", "--beta2", "1"], "--beta2 must lie in [0, 1)"),
     (["--algo", "zo-sgd-mmt", "--momentum", "-0.1"], "--momentum must lie in [0, 1)"),
     (["--algo", "tezo-adam", "--adam-eps", "0"], "--adam-eps must be > 0"),
+    (["--algo", "tezo", "--tezo-factors", "disk"], "cache or regenerate"),
 ])
 def test_bad_inputs_exit_2_with_one_line(args, needle, tmp_path):
     result = runner.invoke(app, ["train", *args, "--output-dir", str(tmp_path / "o")])

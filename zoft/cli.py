@@ -186,6 +186,11 @@ def train(
                                                       "MeZO and its lr/eps carry over) or none (the paper as "
                                                       "written: r× the energy).", show_default="sqrt-r",
                                                       rich_help_panel=Z)] = None,
+    tezo_factors: Annotated[Optional[str], typer.Option(help="TeZO: cache (keep the U, V factors on the device, "
+                                                        "(m+n)·r fp32 per matrix) or regenerate (draw them in every "
+                                                        "pass: no factor memory, a little more time); same "
+                                                        "trajectory.", show_default="cache",
+                                                        rich_help_panel=Z)] = None,
     steps: Annotated[Optional[int], typer.Option(help="ZO steps.", show_default=str(_D.steps),
                                                  rich_help_panel=TR)] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Examples per step.", show_default=str(_D.batch_size),

@@ -65,6 +65,7 @@ class TrainConfig:
     rank_min: int | None = None         # TeZO spectrum: lower clip of r_i; None → 4
     rank_max: int | None = None         # TeZO spectrum: upper clip (per-layer cap) of r_i; None → 64
     tezo_scale: str | None = None       # TeZO: sqrt-r (Z scaled by 1/√r, MeZO's grids carry over) or none; None → sqrt-r
+    tezo_factors: str | None = None     # TeZO: cache U, V on the device or regenerate them every pass; None → cache
     # Training
     steps: int = 20000
     batch_size: int = 16                # examples per step (each expands to one row per candidate)
@@ -211,11 +212,11 @@ def validate(cfg: TrainConfig) -> None:
 #: keys that only some algorithms take (their `config_keys`); giving one to another algorithm is an error
 ALGORITHM_OPTIONS = ("hessian_smooth", "hessian_schedule", "hessian_estimator", "allow_degenerate", "momentum",
                      "beta2", "adam_eps", "rank", "rank_mode", "rank_threshold", "rank_min", "rank_max",
-                     "tezo_scale")
+                     "tezo_scale", "tezo_factors")
 
 
 def _validate_algorithm_options(cfg: TrainConfig) -> None:
-    from zoft.algos.tezo import RANK_MODES, SCALES
+    from zoft.algos.tezo import FACTOR_POLICIES, RANK_MODES, SCALES
 
     for key in ("momentum", "beta2"):
         value = getattr(cfg, key)
@@ -235,6 +236,8 @@ def _validate_algorithm_options(cfg: TrainConfig) -> None:
         raise ConfigError(f"--rank-mode {cfg.rank_mode}: choose {' or '.join(RANK_MODES)}")
     if cfg.tezo_scale is not None and cfg.tezo_scale not in SCALES:
         raise ConfigError(f"--tezo-scale {cfg.tezo_scale}: choose {' or '.join(SCALES)}")
+    if cfg.tezo_factors is not None and cfg.tezo_factors not in FACTOR_POLICIES:
+        raise ConfigError(f"--tezo-factors {cfg.tezo_factors}: choose {' or '.join(FACTOR_POLICIES)}")
 
 
 def finalize(cfg: TrainConfig) -> TrainConfig:

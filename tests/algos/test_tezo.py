@@ -289,3 +289,15 @@ def test_tezo_cannot_leave_its_span_when_the_gradient_does():
     # the loss stalls near its starting value, while MeZO gets there
     assert math.isinf(_forwards_to_target(TeZO, 2e-3, 0, aligned=False, max_steps=2000, rank=4))
     assert _forwards_to_target(MeZO, 3e-3, 0, aligned=False) < math.inf
+
+
+def test_regenerated_factors_give_the_same_trajectory_without_factor_memory():
+    q1, q2 = MatrixQuadratic(seed=4), MatrixQuadratic(seed=4)
+    o1 = TeZOAdam(q1.params, lr=1e-2, seed=3, rank=3)
+    o2 = TeZOAdam(q2.params, lr=1e-2, seed=3, rank=3, tezo_factors="regenerate")
+    for _ in range(5):
+        o1.step(q1.closure)
+        o2.step(q2.closure)
+    assert torch.equal(q1.w, q2.w) and torch.equal(q1.b, q2.b)
+    assert "factors" not in o2.state_breakdown() and not o2._factors
+    assert o1.state_bytes() - o2.state_bytes() == o1.state_breakdown()["factors"] == 8 * (7 + 5) * 3

@@ -26,7 +26,8 @@ Cost: 2 forwards and 3 passes per step, like MeZO. A pass applies Z with one in-
 dense ZO step on CPU, nearly disappears.
 
 Memory. Persistent: U and V, (m + n)·r numbers per matrix, cached on the device in fp32 (SmolLM2-135M, r = 32:
-11.4 M numbers, 45 MB, 8.5 % of the weights); they are regenerated from their seeds, never checkpointed.
+11.4 M numbers, 45 MB, 8.5 % of the weights; OPT-13B: about 120 M numbers, 0.9 %); they are regenerated from
+their seeds, never checkpointed, and with tezo_factors="regenerate" not even kept: each pass draws them again.
 Moments: r (TeZO-m) or 2r (TeZO-Adam) fp32 per matrix, plus dense fp32 state for the 1-D tensors.
 Transient, per matrix: a min(m, n)×r product of a factor with the coefficients (the low-rank product is added by
 `addmm_` straight into W's storage, so no m×n noise matrix ever exists for fp32 weights). For bf16/fp16 weights
@@ -50,6 +51,7 @@ from zoft.perturb import mix, tag_id, tensor_seed
 CHUNK_ELEMENTS = 1 << 22
 RANK_MODES = ("fixed", "spectrum")
 SCALES = ("sqrt-r", "none")
+FACTOR_POLICIES = ("cache", "regenerate")
 
 
 def select_ranks(params: Sequence[torch.Tensor], rank: int, rank_mode: str = "fixed", threshold: float = 0.5,
@@ -82,25 +84,30 @@ class TeZO(TwoPointZO):
         rank_mode: "fixed" or "spectrum".
         rank_threshold, rank_min, rank_max: spectrum mode's σ_k ≥ threshold·σ_1 rule and its clip range.
         tezo_scale: "sqrt-r" (s_r = 1/√r: MeZO's ε and LR grids carry over) or "none" (the paper as written).
+        tezo_factors: "cache" (keep U, V on the device: (m+n)·r fp32 per matrix) or "regenerate" (draw them again
+            in every pass: no persistent factor memory, (m+n)·r extra random numbers per matrix per pass).
+            The trajectory is bitwise the same either way.
     """
 
     summary = ("temporal low-rank ZO: rank-r perturbations from fixed factors, 2 forwards/step, no m×n noise; "
                "cheapest passes, for big models")
     paper = "Sun et al. 2025, arXiv 2501.19057"
     state_desc = "(m+n)·r cached factors per matrix (not checkpointed)"
-    config_keys = ("rank", "rank_mode", "rank_threshold", "rank_min", "rank_max", "tezo_scale")
-    default_rank, default_rank_mode, default_tezo_scale = 32, "fixed", "sqrt-r"
+    config_keys = ("rank", "rank_mode", "rank_threshold", "rank_min", "rank_max", "tezo_scale", "tezo_factors")
+    default_rank, default_rank_mode, default_tezo_scale, default_tezo_factors = 32, "fixed", "sqrt-r", "cache"
     default_rank_threshold, default_rank_min, default_rank_max = 0.5, 4, 64
 
     def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, rank: int | None = None,
                  rank_mode: str | None = None, rank_threshold: float | None = None, rank_min: int | None = None,
-                 rank_max: int | None = None, tezo_scale: str | None = None, **hyper):
+                 rank_max: int | None = None, tezo_scale: str | None = None, tezo_factors: str | None = None,
+                 **hyper):
         rank = self.default_rank if rank is None else int(rank)
         rank_mode = rank_mode or self.default_rank_mode
         threshold = self.default_rank_threshold if rank_threshold is None else float(rank_threshold)
         rank_min = self.default_rank_min if rank_min is None else int(rank_min)
         rank_max = self.default_rank_max if rank_max is None else int(rank_max)
         tezo_scale = tezo_scale or self.default_tezo_scale
+        tezo_factors = tezo_factors or self.default_tezo_factors
         if rank < 1:
             raise ValueError(f"rank must be >= 1, got {rank}")
         if rank_mode not in RANK_MODES:
@@ -111,8 +118,10 @@ class TeZO(TwoPointZO):
             raise ValueError(f"need 1 <= rank_min <= rank_max, got {rank_min} and {rank_max}")
         if tezo_scale not in SCALES:
             raise ValueError(f"tezo_scale must be one of {', '.join(SCALES)}, got {tezo_scale!r}")
+        if tezo_factors not in FACTOR_POLICIES:
+            raise ValueError(f"tezo_factors must be one of {', '.join(FACTOR_POLICIES)}, got {tezo_factors!r}")
         super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, **hyper)
-        self.rank_mode, self.tezo_scale = rank_mode, tezo_scale
+        self.rank_mode, self.tezo_scale, self.cache_factors = rank_mode, tezo_scale, tezo_factors == "cache"
         self.ranks = select_ranks(self._tensors, rank, rank_mode, threshold, rank_min, rank_max)
         self._factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
         self._init_state()
@@ -132,7 +141,9 @@ class TeZO(TwoPointZO):
             self._factors.clear()
 
     def factor_bytes(self) -> int:
-        """Bytes of the cached U and V factors ((m + n)·r per matrix)."""
+        """Bytes of the cached U and V factors ((m + n)·r per matrix; 0 when they are regenerated per pass)."""
+        if not self.cache_factors:
+            return 0
         return sum(4 * (p.shape[0] + p.shape[1]) * r * (2 if p.dtype == torch.float64 else 1)
                    for p, r in zip(self._tensors, self.ranks) if r)
 
@@ -141,7 +152,8 @@ class TeZO(TwoPointZO):
 
     def state_breakdown(self) -> dict[str, int]:
         moments = super().state_bytes()
-        return {"factors": self.factor_bytes(), **({"moments": moments} if moments else {})}
+        factors = self.factor_bytes()
+        return {**({"factors": factors} if factors else {}), **({"moments": moments} if moments else {})}
 
     # -- the low-rank direction ---------------------------------------------------------------------------
     def scale(self, index: int) -> float:
@@ -149,7 +161,8 @@ class TeZO(TwoPointZO):
         return 1.0 / math.sqrt(self.ranks[index]) if self.tezo_scale == "sqrt-r" else 1.0
 
     def factors(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """(U, V) of matrix `index`, drawn from mix(run_seed, i, "U"/"V") on first use and cached."""
+        """(U, V) of matrix `index`, drawn from mix(run_seed, i, "U"/"V"): cached after the first use, or drawn
+        again on every call with tezo_factors="regenerate" (same seeds, so bitwise the same factors)."""
         cached = self._factors.get(index)
         if cached is None:
             p, r = self._tensors[index], self.ranks[index]
@@ -157,7 +170,9 @@ class TeZO(TwoPointZO):
             u = self.engine.draw((m, r), mix(self.seed, index, tag_id("U")), p.device)
             v = self.engine.draw((n, r), mix(self.seed, index, tag_id("V")), p.device)
             dtype = state_dtype(p)
-            cached = self._factors[index] = (u.to(dtype), v.to(dtype))
+            cached = (u.to(dtype), v.to(dtype))
+            if self.cache_factors:
+                self._factors[index] = cached
         return cached
 
     def tau(self, index: int, seed: int) -> torch.Tensor:
