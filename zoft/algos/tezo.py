@@ -45,7 +45,7 @@ import torch
 
 from zoft.algos.base import TwoPointZO, state_dtype
 from zoft.algos.mezo import adam_dense_update, check_adam_hyper
-from zoft.perturb import mix, tag_id, tensor_seed
+from zoft.perturb import add_, mix, tag_id, tensor_seed
 
 #: fp32 numbers per row block when an m×n product must exist (bf16 weights, TeZO-Adam's M̂/V̂): 16 MiB
 CHUNK_ELEMENTS = 1 << 22
@@ -216,7 +216,7 @@ class TeZO(TwoPointZO):
             if self.ranks[i]:
                 self.add_lowrank(i, self.tau(i, seed) * (scale * self.scale(i)))
             else:
-                p.add_(self.engine.noise(i, seed, probe), alpha=scale)
+                add_(p, self.engine.noise(i, seed, probe), scale)
 
     # -- P3 -----------------------------------------------------------------------------------------------
     def _update(self, seed: int, g: float) -> None:
@@ -230,7 +230,7 @@ class TeZO(TwoPointZO):
             else:
                 if c != 1.0:
                     p.mul_(c)
-                p.add_(self.engine.noise(i, seed), alpha=c * eps - lr * g)
+                add_(p, self.engine.noise(i, seed), c * eps - lr * g)
 
 
 class TeZOM(TeZO):
@@ -268,11 +268,11 @@ class TeZOM(TeZO):
                 self.add_lowrank(i, (tau * (c * eps) - m * lr) * self.scale(i), beta=c)
             else:
                 z = self.engine.noise(i, seed)
-                p.add_(z, alpha=eps)
+                add_(p, z, eps)
                 if c != 1.0:
                     p.mul_(c)
                 m.mul_(beta).add_(z, alpha=(1.0 - beta) * g)
-                p.add_(m, alpha=-lr)
+                add_(p, m, -lr)
 
 
 class TeZOAdam(TeZO):
