@@ -101,27 +101,29 @@ class PerturbationEngine:
         self.passes = 0
         self.regenerations = 0
 
-    def _buffer(self, device: torch.device, numel: int) -> torch.Tensor:
-        # One fp32 buffer per device, sized to the largest tensor there: the transient memory of a pass.
-        buf = self._buffers.get(device)
+    def _grown(self, store: dict, key, numel: int, device: torch.device) -> torch.Tensor:
+        """An fp32 buffer of at least `numel` elements, grown on demand (the smaller one is freed first, so growth
+        never holds two): an algorithm that only draws dense z for small tensors (TeZO's 1-D ones) never pays
+        for a buffer the size of the largest matrix."""
+        buf = store.get(key)
         if buf is None or buf.numel() < numel:
-            largest = max(p.numel() for p in self.params if p.device == device)
-            buf = torch.empty(max(largest, numel), dtype=torch.float32, device=device)
-            self._buffers[device] = buf
+            store.pop(key, None)
+            buf = store[key] = torch.empty(numel, dtype=torch.float32, device=device)
         return buf
+
+    def _buffer(self, device: torch.device, numel: int) -> torch.Tensor:
+        # One fp32 buffer per device for z, as large as the largest tensor drawn there: the transient of a pass.
+        return self._grown(self._buffers, device, numel, device)
 
     def scratch(self, index: int, slot: int = 0) -> torch.Tensor:
         """An fp32 work buffer shaped like tensor `index` (slot 0, 1, ...: independent buffers per device).
 
-        Algorithms with per-element state (HiZOO's √H, HiZOO-L's rebuilt H) compute into these instead of
-        allocating a temporary per tensor per pass; each slot costs one largest-tensor fp32 buffer.
+        Algorithms with per-element state (HiZOO's √H, HiZOO-L's rebuilt H, ZO-Adam's denominator) compute into
+        these instead of allocating a temporary per tensor per pass; each slot grows to the largest tensor it
+        serves.
         """
         p = self.params[index]
-        key = (p.device, slot)
-        buf = self._scratch.get(key)
-        if buf is None:
-            largest = max(q.numel() for q in self.params if q.device == p.device)
-            buf = self._scratch[key] = torch.empty(largest, dtype=torch.float32, device=p.device)
+        buf = self._grown(self._scratch, (p.device, slot), p.numel(), p.device)
         return buf[: p.numel()].view(p.shape)
 
     def _generator(self, device: torch.device) -> torch.Generator:

@@ -77,6 +77,7 @@ class HiZOO(ZOOptimizer):
     paper = "Zhao et al. 2024, arXiv 2402.15173"
     state_desc = "d fp32 (H per weight)"
     forwards_per_step = 3
+    scratch_slots = 2  # √H (or the rebuilt factored H) and the curvature sample
     default_hessian_smooth = 1e-6
     config_keys = ("hessian_smooth", "hessian_schedule", "hessian_estimator", "allow_degenerate")
 

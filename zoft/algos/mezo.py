@@ -95,6 +95,7 @@ class ZOAdam(TwoPointZO):
                "where that memory is free")
     paper = "Zhang et al. 2024 (ZO-Bench), arXiv 2402.11592"
     state_desc = "2d fp32 (Adam m, v)"
+    scratch_slots = 1  # the denominator √v̂ + δ
     config_keys = ("momentum", "beta2", "adam_eps")
     default_lr = 1e-5  # Adam's step is ≈ η per weight whatever |ĝ|; ZO-Bench OPT grid 1e-5…1e-8
     default_momentum, default_beta2, default_adam_eps = 0.9, 0.999, 1e-8
