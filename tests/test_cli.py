@@ -13,7 +13,8 @@ from zoft.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("args", [["--help"], ["-h"], ["train", "--help"], ["eval", "-h"], ["list", "--help"]])
+@pytest.mark.parametrize("args", [["--help"], ["-h"], ["train", "--help"], ["eval", "-h"], ["list", "--help"],
+                                  ["estimate-memory", "--help"]])
 def test_help(args):
     result = runner.invoke(app, args)
     assert result.exit_code == 0 and "Usage" in result.output

@@ -70,3 +70,27 @@ def test_add_is_in_place_and_counts_passes():
     assert torch.equal(p, 0.5 * eng.noise(0, 99))
     assert eng.passes == 1 and eng.regenerations == 3
     assert eng.max_buffer_bytes() == 16 * 4
+
+
+def _hwm_mib() -> float:
+    with open("/proc/self/status") as f:
+        return next(int(line.split()[1]) for line in f if line.startswith("VmHWM")) / 1024
+
+
+def test_mixed_dtype_updates_are_chunked_identical_and_bounded():
+    from zoft.perturb import add_, addcdiv_
+
+    n = 6_000_000  # 12 MB of bf16; torch's own mixed-dtype add would hold ~46 MiB of fp32 temporaries
+    p = torch.randn(n, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
+    z = torch.randn(n, generator=torch.Generator().manual_seed(1))
+    den = torch.rand(n, generator=torch.Generator().manual_seed(2)) + 0.5
+    expected = p.clone()
+    expected.add_(z, alpha=1e-2)
+    expected.addcdiv_(z, den, value=-3e-3)
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    before = _hwm_mib()
+    add_(p, z, 1e-2)
+    addcdiv_(p, z, den, -3e-3)
+    assert _hwm_mib() - before < 20
+    assert torch.equal(p, expected)

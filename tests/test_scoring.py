@@ -65,3 +65,40 @@ def test_micro_batches_give_the_same_loss_and_eval_counts(tokenizer):
     result = evaluate(model, enc, 0, batch_size=2)
     assert result["num_examples"] == 3 and 0 <= result["accuracy"] <= 1
     assert abs(result["loss"] - float(full)) < 1e-5
+
+
+SINGLE = [
+    Example("Does this mean that the movie is true? Yes or No?\n", ("Yes", "No"), 0),
+    Example("bleak and long . Does this mean that it is true? Yes or No?\n", ("Yes", "No", "It"), 2),
+    Example("It was great\n", ("No", "Yes"), 1),
+]
+
+
+def test_single_token_candidates_share_one_row_and_score_the_same(tokenizer, tiny_model_dir):
+    from zoft.models import load_model
+    from zoft.scoring import candidate_scores, shares_prompt
+
+    model, tok, _ = load_model(str(tiny_model_dir), "float32", "cpu")
+    enc = encode_examples(tok, SINGLE)
+    assert all(shares_prompt(e) for e in enc)
+    shared, per_candidate = collate(enc, tok.pad_token_id), collate(enc, tok.pad_token_id, share=False)
+    assert shared.input_ids.shape[0] == 3 and per_candidate.input_ids.shape[0] == 7  # one row per example
+    assert shared.input_ids.shape[1] == per_candidate.input_ids.shape[1] - 1          # the prompt only
+    with torch.inference_mode():
+        a, b = candidate_scores(model, shared), candidate_scores(model, per_candidate)
+        assert torch.equal(torch.isinf(a), torch.isinf(b))
+        assert torch.allclose(a[~torch.isinf(a)], b[~torch.isinf(b)], atol=1e-5)
+        for i, ex in enumerate(SINGLE):
+            assert torch.allclose(a[i, :len(ex.candidates)], _reference_scores(model, tok, ex), atol=1e-5)
+        la = classification_loss(model, [shared])
+        lb = classification_loss(model, [per_candidate])
+    assert torch.allclose(la, lb, atol=1e-6)
+    assert (a.argmax(1) == b.argmax(1)).all()
+
+
+def test_a_batch_with_a_multi_token_candidate_keeps_one_row_per_candidate(tokenizer):
+    from zoft.scoring import shares_prompt
+
+    enc = encode_examples(tokenizer, [SINGLE[0], Example("x It was", (" a long word", " b"), 0)])
+    assert shares_prompt(enc[0]) and not shares_prompt(enc[1])
+    assert collate(enc, 0).candidate_tokens is None and collate(enc, 0).input_ids.shape[0] == 4

@@ -328,6 +328,68 @@ def eval_cmd(
                   f"[/] on {report['num_eval']} examples (loss {report['eval_loss']:.4f})", highlight=False)
 
 
+@app.command("estimate-memory", epilog="[bold]Examples[/]\n\n  zoft estimate-memory facebook/opt-13b --algo "
+             "hizoo --gpu-memory 80GB\n\n  zoft estimate-memory smollm2-135m --algo tezo-adam --device cpu "
+             "--dtype float32 --json")
+def estimate_memory_cmd(
+    model: Annotated[str, typer.Argument(help="Hub id (cached or reachable), local HF model dir, or smollm2-135m. "
+                                         "Only its config is read.")],
+    algo: Annotated[str, typer.Option(help="ZO algorithm (see `zoft list`).", rich_help_panel=Z)] = "mezo",
+    mode: Annotated[str, typer.Option(help="Tuning mode: full.", rich_help_panel=Z)] = "full",
+    dtype: Annotated[Dtype, typer.Option(help="Weight dtype (auto = bfloat16 on CUDA, float32 on CPU).",
+                                         rich_help_panel=HW)] = Dtype.auto,
+    device: Annotated[Device, typer.Option(help="Where the run will be (cpu adds the process runtime and "
+                                           "materialised attention scores).", rich_help_panel=HW)] = Device.cuda,
+    batch_size: Annotated[int, typer.Option(help="Examples per forward.", rich_help_panel=TR)] = 16,
+    rows_per_example: Annotated[int, typer.Option(help="Sequences per example: 1 when candidates are single "
+                                                  "tokens (SST-2, RTE, BoolQ), else the number of candidates.",
+                                                  rich_help_panel=TR)] = 1,
+    seq_len: Annotated[int, typer.Option(help="Tokens per sequence (padded length).", rich_help_panel=TR)] = 256,
+    gpu_memory: Annotated[Optional[str], typer.Option(help="Memory of the target device, e.g. 80GB: says "
+                                                      "whether the run fits.", show_default=False,
+                                                      rich_help_panel=HW)] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
+) -> None:
+    """Estimate the memory of a ZO run before launch, next to first-order AdamW fine-tuning.
+
+    Builds the model on the meta device (no weights are downloaded or allocated) and counts weights, the
+    algorithm's state and step temporaries, one forward's activations and the kept logits.
+    """
+    from zoft.memory import MemoryRequest, estimate
+
+    dt = dtype.value if dtype != Dtype.auto else ("bfloat16" if device != Device.cpu else "float32")
+    req = MemoryRequest(model=model, algo=algo, mode=mode, dtype=dt, device=device.value, batch_size=batch_size,
+                        rows_per_example=rows_per_example, seq_len=seq_len, gpu_memory=gpu_memory)
+    result = _guarded(estimate, req)
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    gib = lambda b: f"{b / 2**30:,.2f}"  # noqa: E731
+    table = Table(title=f"{result['model']}: {result['algo']} ({result['mode']}, {result['dtype']}, "
+                        f"{result['device']}), {result['rows']} rows × {result['seq_len']} tokens",
+                  title_justify="left")
+    table.add_column("component")
+    table.add_column("ZO GiB", justify="right")
+    table.add_column("first-order AdamW GiB", justify="right")
+    fo = result["first_order_adamw"]
+    table.add_row("weights", gib(result["components"]["weights"]), gib(fo["weights"]))
+    table.add_row("optimizer state", gib(result["components"]["optimizer state"]),
+                  gib(fo["adam moments"]) + " (moments)")
+    table.add_row("gradients", "—", gib(fo["gradients"]))
+    table.add_row("step temporaries", gib(result["components"]["step temporaries"]), "—")
+    table.add_row("activations", gib(result["components"]["activations"]), gib(fo["activations"]) + " (saved)")
+    table.add_row("logits", gib(result["components"]["logits"]), gib(fo["logits"]))
+    if "runtime" in result["components"]:
+        table.add_row("runtime (Python, torch)", gib(result["components"]["runtime"]),
+                      gib(result["components"]["runtime"]))
+    table.add_row("[bold]total[/]", f"[bold]{gib(result['total'])}[/]", f"[bold]{gib(fo['total'])}[/]")
+    out.print(table)
+    if result["gpu_memory"] is not None:
+        verdict = lambda ok: "[green]fits[/]" if ok else "[red]does not fit[/]"  # noqa: E731
+        out.print(f"on {gib(result['gpu_memory'])} GiB: ZO {verdict(result['fits'])}, first-order AdamW "
+                  f"{verdict(result['first_order_fits'])}")
+
+
 @app.command("list", epilog="[bold]Examples[/]\n\n  zoft list\n\n  zoft list --model smollm2-135m --json   "
              "[dim]# optimizer state in bytes of every algorithm on that model[/]")
 def list_cmd(

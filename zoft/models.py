@@ -159,7 +159,7 @@ def load_model(model: str | None, dtype: str = "auto", device: str = "auto"):
     return lm, tokenizer, path
 
 
-def meta_model(model: str | None):
+def meta_model(model: str | None, dtype: torch.dtype = torch.float32):
     """The model built on the meta device from its config: shapes and names, no weights read or allocated."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
@@ -172,4 +172,4 @@ def meta_model(model: str | None):
         raise ConfigError(f"--model {model}: could not read its config ({first}); offline, pass a local model "
                           "dir") from exc
     with torch.device("meta"):
-        return AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+        return AutoModelForCausalLM.from_config(config, dtype=dtype)

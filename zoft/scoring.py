@@ -9,6 +9,12 @@ scores, evaluation predicts the argmax.
 Rows are left-padded, so every row's options end at the last position: the model only has to produce logits for
 the last K+1 positions (K = longest option). With `logits_to_keep` this avoids a batch × length × vocabulary
 logits tensor (16 × 2 rows × 64 tokens × 49 152 vocabulary × 4 B = 400 MB for SmolLM2) and its log-softmax.
+
+Single-token candidates share one row. When every candidate of an example is one token after the same prompt
+tokens (SST-2's " terrible"/" great", RTE's "Yes"/"No", ...), the C rows of that example differ only in their
+last token, and all C scores are read from the next-token distribution at the end of the prompt: one row of
+prompt length instead of C rows, i.e. half the forward work for a two-way task. `collate` takes this path when it
+holds for every example of the batch; the scores equal the one-row-per-candidate ones up to float rounding.
 """
 
 from __future__ import annotations
@@ -74,28 +80,52 @@ class Batch:
     row_candidate: torch.Tensor    # [R] candidate index of each row
     labels: torch.Tensor           # [N] gold candidate per example
     num_candidates: int            # max candidates per example
+    candidate_tokens: torch.Tensor | None = None  # [N, C] shared-prompt path: each candidate's one token (−1: none)
 
 
-def collate(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str = "cpu") -> Batch:
-    """Left-pad all candidate rows of `encoded` into one batch on `device`."""
-    rows = [r for e in encoded for r in e.rows]
-    opt_lens = [o for e in encoded for o in e.option_lens]
+def shares_prompt(example: Encoded) -> bool:
+    """Every candidate is a single token after the same prompt tokens, so one row scores them all."""
+    return all(n == 1 for n in example.option_lens) and len({r[:-1] for r in example.rows}) == 1
+
+
+def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """(ids, mask, positions) of rows left-padded to the longest one (not to a fixed length)."""
     width = max(len(r) for r in rows)
-    k = max(opt_lens)
     ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
     mask = torch.zeros((len(rows), width), dtype=torch.long)
     for i, r in enumerate(rows):
         ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
         mask[i, width - len(r):] = 1
     # positions count real tokens only, so a left-padded row is positioned exactly like an unpadded one
-    positions = (mask.cumsum(1) - 1).clamp(min=0)
+    return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
+
+
+def collate(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str = "cpu",
+            share: bool = True) -> Batch:
+    """Left-pad the batch's rows on `device`: one row per example when every example `shares_prompt` (and
+    `share`), else one row per candidate."""
+    labels = torch.tensor([e.label for e in encoded], device=device)
+    num_candidates = max(len(e.rows) for e in encoded)
+    if share and all(shares_prompt(e) for e in encoded):
+        ids, mask, positions = _left_pad([e.rows[0][:-1] for e in encoded], pad_id)
+        cand = torch.full((len(encoded), num_candidates), -1, dtype=torch.long)
+        for i, e in enumerate(encoded):
+            cand[i, :len(e.rows)] = torch.tensor([r[-1] for r in e.rows])
+        n = len(encoded)
+        empty = torch.zeros((n, 0), dtype=torch.long, device=device)
+        return Batch(ids.to(device), mask.to(device), positions.to(device), empty, empty.float(),
+                     torch.arange(n, device=device), torch.zeros(n, dtype=torch.long, device=device), labels,
+                     num_candidates, cand.to(device))
+    rows = [r for e in encoded for r in e.rows]
+    opt_lens = [o for e in encoded for o in e.option_lens]
+    k = max(opt_lens)
+    ids, mask, positions = _left_pad(rows, pad_id)
+    width = ids.shape[1]
     target_mask = (torch.arange(k).unsqueeze(0) >= k - torch.tensor(opt_lens).unsqueeze(1)).float()
     row_ex = torch.tensor([i for i, e in enumerate(encoded) for _ in e.rows])
     row_cand = torch.tensor([j for e in encoded for j in range(len(e.rows))])
     return Batch(ids.to(device), mask.to(device), positions.to(device), ids[:, width - k:].to(device),
-                 target_mask.to(device), row_ex.to(device), row_cand.to(device),
-                 torch.tensor([e.label for e in encoded], device=device),
-                 max(len(e.rows) for e in encoded))
+                 target_mask.to(device), row_ex.to(device), row_cand.to(device), labels, num_candidates)
 
 
 def _forward_kwargs(model) -> set[str]:
@@ -108,13 +138,19 @@ def _forward_kwargs(model) -> set[str]:
 
 def candidate_scores(model, batch: Batch) -> torch.Tensor:
     """[N, C] mean option log-prob of every candidate (−inf where an example has fewer candidates)."""
+    shared = batch.candidate_tokens is not None
     k = batch.targets.shape[1]
     kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
     accepted = _forward_kwargs(model)
     if "position_ids" in accepted:
         kwargs["position_ids"] = batch.position_ids
     if "logits_to_keep" in accepted:
-        kwargs["logits_to_keep"] = k + 1
+        kwargs["logits_to_keep"] = 1 if shared else k + 1
+    if shared:  # the next-token distribution after the prompt scores every single-token candidate
+        logp = F.log_softmax(model(**kwargs).logits[:, -1].float(), dim=-1)
+        cand = batch.candidate_tokens
+        scores = logp.gather(1, cand.clamp(min=0))
+        return scores.masked_fill(cand < 0, float("-inf"))
     logits = model(**kwargs).logits[:, -(k + 1):-1]  # position t predicts token t+1
     logp = F.log_softmax(logits.float(), dim=-1).gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
     row_scores = (logp * batch.target_mask).sum(1) / batch.target_mask.sum(1)

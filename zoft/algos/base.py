@@ -72,6 +72,8 @@ class ZOOptimizer(torch.optim.Optimizer):
     paper: str = ""
     #: persistent optimizer state, in words, for `zoft list`
     state_desc: str = "none"
+    #: fp32 work buffers the size of the largest tensor that a step uses besides the z buffer
+    scratch_slots: int = 0
     #: forward passes per step, for budgets and logs
     forwards_per_step: int = 2
     #: TrainConfig keys passed to the constructor as keyword arguments (algorithm-specific options)
@@ -152,6 +154,14 @@ class ZOOptimizer(torch.optim.Optimizer):
         """Persistent optimizer state in bytes (beyond the weights)."""
         return sum(t.numel() * t.element_size() for s in self.state.values() for t in s.values()
                    if isinstance(t, torch.Tensor))
+
+    def transient_bytes(self) -> int:
+        """Peak temporary memory of a step beyond the persistent state: the fp32 z buffer (the largest tensor per
+        device), `scratch_slots` more such buffers, and the bounded chunks of mixed-dtype in-place updates."""
+        from zoft.perturb import MIXED_CHUNK
+
+        mixed = any(p.dtype not in (torch.float32, torch.float64) for p in self._tensors)
+        return self.engine.max_buffer_bytes() * (1 + self.scratch_slots) + (3 * 4 * MIXED_CHUNK if mixed else 0)
 
     def state_breakdown(self) -> dict[str, int]:
         """Persistent state in bytes by kind (e.g. moments, Hessian, cached factors), for logs and `zoft list`."""

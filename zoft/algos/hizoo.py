@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import torch
 
 from zoft.algos.base import Closure, ZOOptimizer, check_finite
+from zoft.perturb import addcdiv_
 
 _H_MIN, _H_MAX = 1e-12, 1e30
 
@@ -76,6 +77,7 @@ class HiZOO(ZOOptimizer):
     paper = "Zhao et al. 2024, arXiv 2402.15173"
     state_desc = "d fp32 (H per weight)"
     forwards_per_step = 3
+    scratch_slots = 2  # √H (or the rebuilt factored H) and the curvature sample
     default_hessian_smooth = 1e-6
     config_keys = ("hessian_smooth", "hessian_schedule", "hessian_estimator", "allow_degenerate")
 
@@ -135,7 +137,7 @@ class HiZOO(ZOOptimizer):
     def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
         """θ += scale·z/√H (one pass)."""
         for i, p, z in self.engine.sweep(seed, probe):
-            p.addcdiv_(z, self._sqrt_h(i, 0), value=scale)
+            addcdiv_(p, z, self._sqrt_h(i, 0), scale)
 
     def _zo_step(self, closure: Closure, seed: int) -> float:
         eps = self.param_groups[0]["eps"]
@@ -151,12 +153,12 @@ class HiZOO(ZOOptimizer):
         alpha = self.current_alpha()
         for i, p, z in self.engine.sweep(seed):                      # P3: restore, update H, step
             group = self.hyper(i)
-            p.addcdiv_(z, self._sqrt_h(i, 0), value=group["eps"])    # θ_orig, with the probe's H_old
+            addcdiv_(p, z, self._sqrt_h(i, 0), group["eps"])         # θ_orig, with the probe's H_old
             self._update_h(i, z, c, alpha)
             cdec = self.decay_factor(i)
             if cdec != 1.0:
                 p.mul_(cdec)
-            p.addcdiv_(z, self._sqrt_h(i, 0), value=-group["lr"] * g)  # step with H_new
+            addcdiv_(p, z, self._sqrt_h(i, 0), -group["lr"] * g)     # step with H_new
         self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus, "loss0": loss0,
                      "curvature": c, "hessian_smooth": alpha}
         return loss0

@@ -33,6 +33,7 @@ import math
 import torch
 
 from zoft.algos.base import TwoPointZO, state_dtype
+from zoft.perturb import add_, addcdiv_
 
 
 class MeZO(TwoPointZO):
@@ -47,7 +48,7 @@ class MeZO(TwoPointZO):
             c = self.decay_factor(i)
             if c != 1.0:
                 p.mul_(c)
-            p.add_(z, alpha=c * eps - self.hyper(i)["lr"] * g)
+            add_(p, z, c * eps - self.hyper(i)["lr"] * g)
 
 
 class ZOSGDMomentum(TwoPointZO):
@@ -76,11 +77,11 @@ class ZOSGDMomentum(TwoPointZO):
         eps = self.eps
         for i, p, z in self.engine.sweep(seed):
             group, buf = self.hyper(i), self.state[p]["momentum_buffer"]
-            p.add_(z, alpha=eps)                         # θ_orig (restore)
+            add_(p, z, eps)                              # θ_orig (restore)
             buf.mul_(group["momentum"]).add_(z, alpha=g)
             if self._decay[i] and group["weight_decay"]:
                 buf.add_(p, alpha=group["weight_decay"])  # coupled L2, as torch SGD does
-            p.add_(buf, alpha=-group["lr"])
+            add_(p, buf, -group["lr"])
 
 
 class ZOAdam(TwoPointZO):
@@ -94,6 +95,7 @@ class ZOAdam(TwoPointZO):
                "where that memory is free")
     paper = "Zhang et al. 2024 (ZO-Bench), arXiv 2402.11592"
     state_desc = "2d fp32 (Adam m, v)"
+    scratch_slots = 1  # the denominator √v̂ + δ
     config_keys = ("momentum", "beta2", "adam_eps")
     default_lr = 1e-5  # Adam's step is ≈ η per weight whatever |ĝ|; ZO-Bench OPT grid 1e-5…1e-8
     default_momentum, default_beta2, default_adam_eps = 0.9, 0.999, 1e-8
@@ -133,10 +135,10 @@ def adam_dense_update(p: torch.Tensor, z: torch.Tensor, state: dict, g: float, s
     decay, moments, θ ← θ − (η/(1−β1^t))·m / (√v/√(1−β2^t) + δ))."""
     m, v = state["exp_avg"], state["exp_avg_sq"]
     bc1, bc2 = corrections
-    p.add_(z, alpha=eps)
+    add_(p, z, eps)
     if decay != 1.0:
         p.mul_(decay)
     m.mul_(group["momentum"]).add_(z, alpha=(1.0 - group["momentum"]) * g)
     v.mul_(group["beta2"]).addcmul_(z, z, value=(1.0 - group["beta2"]) * g * g)
     denom = torch.sqrt(v, out=scratch).div_(math.sqrt(bc2)).add_(group["adam_eps"])
-    p.addcdiv_(m, denom, value=-group["lr"] / bc1)
+    addcdiv_(p, m, denom, -group["lr"] / bc1)

@@ -45,7 +45,7 @@ import torch
 
 from zoft.algos.base import TwoPointZO, state_dtype
 from zoft.algos.mezo import adam_dense_update, check_adam_hyper
-from zoft.perturb import mix, tag_id, tensor_seed
+from zoft.perturb import MIXED_CHUNK, add_, addcdiv_, mix, tag_id, tensor_seed
 
 #: fp32 numbers per row block when an m×n product must exist (bf16 weights, TeZO-Adam's M̂/V̂): 16 MiB
 CHUNK_ELEMENTS = 1 << 22
@@ -155,6 +155,18 @@ class TeZO(TwoPointZO):
         factors = self.factor_bytes()
         return {**({"factors": factors} if factors else {}), **({"moments": moments} if moments else {})}
 
+    def transient_bytes(self) -> int:
+        """Temporaries of a step: the z buffer (and Adam's scratch) sized by the largest *non-matrix* tensor, the
+        scaled factor of one matrix (min(m, n)·r), and for low-precision weights or TeZO-Adam the fp32 row blocks
+        (≤ 16 MiB each) and their bounded mixed-dtype chunks."""
+        dense = max((p.numel() for p, r in zip(self._tensors, self.ranks) if not r), default=0)
+        matrices = [(p, r) for p, r in zip(self._tensors, self.ranks) if r]
+        factor = max((min(p.shape) * r * 4 for p, r in matrices), default=0)
+        blocks = 0
+        if any(p.dtype not in (torch.float32, torch.float64) for p, _ in matrices):
+            blocks = 4 * min(CHUNK_ELEMENTS, max(p.numel() for p, _ in matrices)) + 2 * 4 * MIXED_CHUNK
+        return 4 * dense * (1 + self.scratch_slots) + factor + blocks
+
     # -- the low-rank direction ---------------------------------------------------------------------------
     def scale(self, index: int) -> float:
         """s_r of tensor `index`."""
@@ -206,7 +218,7 @@ class TeZO(TwoPointZO):
             target = p[a:a + rows]
             if beta != 1.0:
                 target.mul_(beta)
-            target.add_(block)
+            add_(target, block)
 
     @torch.no_grad()
     def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
@@ -216,7 +228,7 @@ class TeZO(TwoPointZO):
             if self.ranks[i]:
                 self.add_lowrank(i, self.tau(i, seed) * (scale * self.scale(i)))
             else:
-                p.add_(self.engine.noise(i, seed, probe), alpha=scale)
+                add_(p, self.engine.noise(i, seed, probe), scale)
 
     # -- P3 -----------------------------------------------------------------------------------------------
     def _update(self, seed: int, g: float) -> None:
@@ -230,7 +242,7 @@ class TeZO(TwoPointZO):
             else:
                 if c != 1.0:
                     p.mul_(c)
-                p.add_(self.engine.noise(i, seed), alpha=c * eps - lr * g)
+                add_(p, self.engine.noise(i, seed), c * eps - lr * g)
 
 
 class TeZOM(TeZO):
@@ -268,11 +280,11 @@ class TeZOM(TeZO):
                 self.add_lowrank(i, (tau * (c * eps) - m * lr) * self.scale(i), beta=c)
             else:
                 z = self.engine.noise(i, seed)
-                p.add_(z, alpha=eps)
+                add_(p, z, eps)
                 if c != 1.0:
                     p.mul_(c)
                 m.mul_(beta).add_(z, alpha=(1.0 - beta) * g)
-                p.add_(m, alpha=-lr)
+                add_(p, m, -lr)
 
 
 class TeZOAdam(TeZO):
@@ -321,6 +333,17 @@ class TeZOAdam(TeZO):
             self.add_lowrank(i, tau * (c * eps * s), beta=c)          # restore and decay: c·W_orig
             self._adam_step(i, m * (s / corrections[0]), v * (s * s / corrections[1]), group)
 
+    scratch_slots = 1  # the dense denominator of 1-D tensors
+
+    def transient_bytes(self) -> int:
+        matrices = [(p, r) for p, r in zip(self._tensors, self.ranks) if r]
+        if not matrices:
+            return super().transient_bytes()
+        # numerator and denominator row blocks, U⊙U of a block, and (V⊙m̂, V⊙V⊙v̂) of the widest matrix
+        block = 4 * min(CHUNK_ELEMENTS, max(p.numel() for p, _ in matrices))
+        widest = max(p.shape[1] * r for p, r in matrices) * 4
+        return super().transient_bytes() + 2 * block + 3 * widest
+
     def _adam_step(self, index: int, m_hat: torch.Tensor, v_hat: torch.Tensor, group: dict) -> None:
         """W ← W − η·(U diag(m̂) Vᵀ) / (√((U⊙U) diag(v̂) (V⊙V)ᵀ) + δ), built in row blocks of ≤ 16 MiB each."""
         p = self._tensors[index]
@@ -333,4 +356,4 @@ class TeZOAdam(TeZO):
             num = ub @ vm
             den = (ub * ub) @ vv
             den.sqrt_().add_(group["adam_eps"])
-            p[a:a + rows].addcdiv_(num, den, value=-group["lr"])
+            addcdiv_(p[a:a + rows], num, den, -group["lr"])

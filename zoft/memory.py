@@ -1,0 +1,164 @@
+"""`zoft estimate-memory`: what a run will need, worked out before launch from the model's config alone.
+
+The model is built on the meta device (shapes, no weights read or allocated), and the chosen ZO optimizer is
+built over its trainable tensors there too, so the optimizer-state figure comes from the algorithm's own code
+(`state_bytes`, `transient_bytes`), not from a separate table that could drift from it. The rest is arithmetic:
+
+    weights       Σ numel × bytes of --dtype
+    state         persistent optimizer state (fp32 H, moments, factors, ...)
+    transient     the step's temporaries: the fp32 z buffer of the largest tensor, scratch buffers, row blocks
+    activations   one inference forward's peak inside a decoder layer: the residual stream, its normed copy,
+                  q/k/v and the attention output, or the MLP's gate/up/product (whichever phase is larger), plus
+                  the attention scores when the model's attention materialises them (eager, or CPU)
+    logits        the kept positions only (zoft scores with `logits_to_keep`), in the weight dtype, their fp32 copy
+                  and the log-softmax
+    runtime       CPU: the Python + torch + transformers process and what its first forward leaves resident
+                  (measured at 435 MiB here); CUDA: the context is outside torch's count and is left out, as
+                  `torch.cuda.max_memory_allocated` leaves it out
+
+A ZO forward keeps no activations for a backward pass: memory is weights + state + one layer's working set. The
+first-order comparison (AdamW with backprop) adds gradients, fp32 Adam moments, the activations every layer
+saves for the backward pass and full-sequence logits; it is a rough guide (±30 %), the ZO figures are checked
+against measured peaks (tests/test_memory.py, bench/memory_check.py).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from zoft.config import ConfigError
+
+DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+#: What a CPU process holds besides the model and one forward's tensors, measured on this machine (torch 2.13,
+#: 2 threads): 220 MiB after importing torch, transformers and zoft, plus 215 MiB that the first forward of
+#: SmolLM2-135M leaves resident (allocator arenas and kernel workspaces, kept for reuse). It varies with the torch
+#: build and thread count; on CUDA the context is outside torch's own count and is left out.
+CPU_RUNTIME_BYTES = 435 * 2**20
+
+
+def parse_size(text: str) -> int:
+    """'80GB', '80 GiB', '24g', '512MB' → bytes (GB and GiB both read as 2^30, as GPU makers' "80 GB" means)."""
+    m = re.fullmatch(r"\s*([0-9.]+)\s*([kmgt]?)(i?b?)\s*", text.lower())
+    if not m:
+        raise ConfigError(f"--gpu-memory {text!r}: give a size like 80GB, 24GiB or 512MB")
+    scale = {"": 1, "k": 2**10, "m": 2**20, "g": 2**30, "t": 2**40}[m.group(2)]
+    return int(float(m.group(1)) * scale)
+
+
+@dataclass
+class Shape:
+    """The dimensions of a decoder-only model that its forward memory depends on."""
+
+    hidden: int
+    ffn: int
+    heads: int
+    kv_dim: int
+    layers: int
+    vocab: int
+
+    @classmethod
+    def from_config(cls, config) -> Shape:
+        hidden = getattr(config, "hidden_size", None) or getattr(config, "n_embd", None) or getattr(config, "d_model")
+        heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_head")
+        ffn = (getattr(config, "intermediate_size", None) or getattr(config, "ffn_dim", None)
+               or getattr(config, "n_inner", None) or 4 * hidden)
+        head_dim = getattr(config, "head_dim", None) or hidden // heads
+        kv_heads = getattr(config, "num_key_value_heads", None) or heads
+        layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer")
+        return cls(hidden, ffn, heads, kv_heads * head_dim, layers, config.vocab_size)
+
+
+def forward_activation_bytes(shape: Shape, rows: int, seq_len: int, nbytes: int, scores: bool) -> int:
+    """Peak live activations of one inference forward (no autograd graph: earlier layers are freed)."""
+    tokens = rows * seq_len
+    attention = tokens * (4 * shape.hidden + 2 * shape.kv_dim) * nbytes
+    if scores:  # scores and probabilities, B × heads × L × L
+        attention += 2 * rows * shape.heads * seq_len * seq_len * nbytes
+    mlp = tokens * (2 * shape.hidden + 3 * shape.ffn) * nbytes
+    return max(attention, mlp)
+
+
+def logits_bytes(shape: Shape, rows: int, kept: int, nbytes: int) -> int:
+    """Kept logits in the weight dtype, their fp32 copy and the fp32 log-softmax."""
+    return rows * kept * shape.vocab * (nbytes + 8)
+
+
+def first_order_bytes(params: int, shape: Shape, rows: int, seq_len: int, nbytes: int) -> dict[str, int]:
+    """AdamW with backprop, for comparison: weights, gradients, fp32 moments, saved activations, full logits."""
+    tokens = rows * seq_len
+    # per layer, backward keeps the inputs of every linear, norm and activation: ≈ 10·h + 4·ffn values per token
+    saved = shape.layers * tokens * (10 * shape.hidden + 4 * shape.ffn) * nbytes
+    saved += 2 * rows * shape.heads * seq_len * seq_len * nbytes * shape.layers  # attention probabilities
+    return {"weights": params * nbytes, "gradients": params * nbytes, "adam moments": 8 * params,
+            "activations": saved, "logits": tokens * shape.vocab * (nbytes + 8) * 2}
+
+
+@dataclass
+class MemoryRequest:
+    """What `zoft estimate-memory` was asked."""
+
+    model: str
+    algo: str = "mezo"
+    mode: str = "full"
+    dtype: str = "bfloat16"
+    device: str = "cuda"
+    batch_size: int = 16
+    rows_per_example: int = 1
+    seq_len: int = 256
+    kept_positions: int = 1
+    gpu_memory: str | None = None
+    options: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+
+def estimate(req: MemoryRequest) -> dict[str, Any]:
+    """The estimate as a JSON-able dict: components in bytes, totals, and whether it fits `gpu_memory`."""
+    from zoft.algos import ALGORITHMS, trainable_parameters
+    from zoft.models import meta_model
+
+    if req.algo not in ALGORITHMS:
+        raise ConfigError(f"--algo {req.algo}: unknown algorithm; choose from {', '.join(ALGORITHMS)}")
+    if req.mode != "full":
+        raise ConfigError(f"--mode {req.mode}: only full fine-tuning is available in this version")
+    if req.dtype not in DTYPE_BYTES:
+        raise ConfigError(f"--dtype {req.dtype}: choose from {', '.join(DTYPE_BYTES)}")
+    for flag, value in (("--batch-size", req.batch_size), ("--seq-len", req.seq_len),
+                        ("--rows-per-example", req.rows_per_example)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1 (got {value})")
+    limit = parse_size(req.gpu_memory) if req.gpu_memory else None
+    nbytes = DTYPE_BYTES[req.dtype]
+
+    import torch
+
+    model = meta_model(req.model, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                         "float16": torch.float16}[req.dtype])
+    shape = Shape.from_config(model.config)
+    params = sum(p.numel() for p in model.parameters())
+    named = trainable_parameters(model)
+    opt = ALGORITHMS[req.algo](named, **req.options)
+    rows = req.batch_size * req.rows_per_example
+    attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
+    materialises_scores = attn == "eager" or req.device == "cpu"
+    components = {
+        "weights": sum(p.numel() * nbytes for p in model.parameters()),
+        "optimizer state": opt.state_bytes(),
+        "step temporaries": opt.transient_bytes(),
+        "activations": forward_activation_bytes(shape, rows, req.seq_len, nbytes, materialises_scores),
+        "logits": logits_bytes(shape, rows, req.kept_positions, nbytes),
+    }
+    if req.device == "cpu":
+        components["runtime"] = CPU_RUNTIME_BYTES
+    total = sum(components.values())
+    fo = first_order_bytes(params, shape, rows, req.seq_len, nbytes)
+    fo_total = sum(fo.values()) + components.get("runtime", 0)
+    return {
+        "model": req.model, "algo": req.algo, "mode": req.mode, "dtype": req.dtype, "device": req.device,
+        "params": params, "trainable_params": sum(p.numel() for _, p in named), "rows": rows,
+        "seq_len": req.seq_len, "components": components, "state_breakdown": opt.state_breakdown(),
+        "total": total, "first_order_adamw": {**fo, "total": fo_total},
+        "gpu_memory": limit, "fits": None if limit is None else total <= limit,
+        "first_order_fits": None if limit is None else fo_total <= limit,
+    }
