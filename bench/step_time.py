@@ -13,8 +13,15 @@ it in place). This prints, measured in one run on the same batch:
                  running the forwards (weights, activations, torch itself), i.e. what the optimizer adds: its
                  persistent state plus its transient buffers
 
+With --compare-reference it also times, on the same model and batch, a faithful re-implementation of the step of
+the MeZO paper's published code (princeton-nlp/MeZO, `zo_step` + `zo_update`): the global torch seed reset before
+each of 4 sweeps, z = torch.normal(...) in the parameter dtype per tensor, parameters reassigned
+(`param.data = param.data + ...`) instead of updated in place, one row per candidate and logits over the whole
+sequence × vocabulary with a full log-softmax. It prints zoft's speedup over it.
+
 Usage: python bench/step_time.py [--algo NAME|all] [--dtype bfloat16|float32] [--batch-size 16]
-       [--repeats 5] [--threads N]      (`all` runs each algorithm in its own process so peaks do not mix)
+       [--repeats 5] [--threads N] [--compare-reference]
+       (`all` runs each algorithm in its own process so peaks do not mix)
 """
 
 from __future__ import annotations
@@ -68,6 +75,46 @@ def peak_rss_bytes() -> int:
     return 0
 
 
+def reference_mezo_step(model, inputs, eps: float = 1e-3, lr: float = 1e-6, seed: int = 0):
+    """One step of the published MeZO code, as written there (4 sweeps, reassignment, dtype-z, full logits)."""
+    params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+
+    def perturb(scale: float) -> None:
+        torch.manual_seed(seed)
+        for _, p in params:
+            z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
+            p.data = p.data + scale * z * eps
+
+    def loss() -> float:
+        with torch.inference_mode():
+            return float(reference_loss(model, inputs))
+
+    perturb(1)
+    loss1 = loss()
+    perturb(-2)
+    loss2 = loss()
+    g = (loss1 - loss2) / (2 * eps)
+    perturb(1)
+    torch.manual_seed(seed)
+    for _, p in params:
+        z = torch.normal(mean=0, std=1, size=p.data.size(), device=p.data.device, dtype=p.data.dtype)
+        p.data = p.data - lr * (g * z)
+    return loss1
+
+
+def reference_loss(model, batch):
+    """The MeZO code's classification loss: full logits, log-softmax over every position, mean option log-prob."""
+    logits = model(input_ids=batch.input_ids, attention_mask=batch.attention_mask,
+                   position_ids=batch.position_ids).logits
+    logp = torch.log_softmax(logits[:, :-1].float(), dim=-1)
+    k = batch.targets.shape[1]
+    tok = logp[:, -k:].gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+    row = (tok * batch.target_mask).sum(1) / batch.target_mask.sum(1)
+    scores = torch.full((len(batch.labels), batch.num_candidates), float("-inf"))
+    scores[batch.row_example, batch.row_candidate] = row
+    return torch.nn.functional.cross_entropy(scores, batch.labels)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--algo", default="mezo", choices=[*ALGORITHMS, "all"])
@@ -75,6 +122,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--compare-reference", action="store_true", help="also time the published MeZO step")
     args = ap.parse_args()
     if args.algo == "all":
         return run_all(args)
@@ -116,6 +164,14 @@ def main() -> None:
     print(f"  ratio        {result['ratio_step_over_forwards']:.2f}× {k} forwards")
     print(f"  peak RSS     {peak / 2**30:.2f} GiB, {(peak - base_rss) / 2**20:.0f} MiB over inference "
           f"(optimizer state {opt.state_bytes() / 2**20:.1f} MiB)")
+    if args.compare_reference:
+        per_candidate = collate(enc, tok.pad_token_id, share=False)
+        t_ref, t_zoft = interleaved([lambda: reference_mezo_step(model, per_candidate),
+                                     lambda: opt.step(lambda: classification_loss(model, batch))], args.repeats)
+        result.update(reference_step_s=round(t_ref, 4), reference_rows=int(per_candidate.input_ids.shape[0]),
+                      speedup_over_reference=round(t_ref / t_zoft, 3))
+        print(f"  reference    {t_ref:.3f} s   (published MeZO step: 4 sweeps, {result['reference_rows']} rows, "
+              f"full logits)  →  zoft {args.algo} is {t_ref / t_zoft:.2f}× faster")
     print(json.dumps(result))
 
 

@@ -53,31 +53,53 @@ def tensor_seed(seed: int, index: int, probe: int = 0, tag: str = "z") -> int:
 
 #: elements per chunk of a mixed-dtype in-place update (4 MiB of fp32)
 MIXED_CHUNK = 1 << 20
+_WORK: dict[torch.device, torch.Tensor] = {}  # one fp32 chunk buffer per device, reused by every mixed update
 
 
-def _mixed_chunks(p: torch.Tensor, *others: torch.Tensor) -> Iterator[tuple[torch.Tensor, ...]]:
-    """Flat views of p and same-numel companions over 1 M-element chunks when p's dtype differs from theirs (bf16 or
-    fp16 weights with fp32 noise or state). torch would compute such an in-place op in fp32 through temporaries the
-    size of the whole tensor: measured here, p.add_(z) on a 28 M-element bf16 tensor (SmolLM2's embedding) holds
-    214 MiB extra, chunked ≤ 8 MiB. Elementwise, so the values are identical. Same dtype: the whole tensors, once."""
-    if all(o.dtype == p.dtype for o in others) or not p.is_contiguous():
-        yield (p, *others)
-        return
+def _work(device: torch.device) -> torch.Tensor:
+    buf = _WORK.get(device)
+    if buf is None:
+        buf = _WORK[device] = torch.empty(MIXED_CHUNK, dtype=torch.float32, device=device)
+    return buf
+
+
+def _mixed(p: torch.Tensor, *others: torch.Tensor) -> bool:
+    """Whether an in-place op on half-precision p takes fp32 operands (bf16/fp16 weights with fp32 noise or state),
+    the case where torch promotes through whole-tensor fp32 temporaries."""
+    return (p.dtype in (torch.bfloat16, torch.float16) and p.is_contiguous()
+            and any(o.dtype == torch.float32 for o in others))
+
+
+def _mixed_apply(p: torch.Tensor, op, *others: torch.Tensor) -> None:
+    """Apply `op(work_fp32, *other_chunks)` to p through a reused fp32 chunk buffer: copy the chunk up, operate,
+    copy back (rounding once, as torch's own promotion does). torch would instead allocate fp32 temporaries the
+    size of the whole tensor (measured: 214 MiB for SmolLM2's 28 M-element bf16 embedding), and allocating even
+    chunk-sized ones on every call lets glibc's growing mmap threshold keep hundreds of MiB resident (measured
+    404 MiB for a TeZO pass in bf16); the reused buffer needs 4 MiB per device."""
+    work = _work(p.device)
     flat = [p.view(-1), *(o.reshape(-1) for o in others)]
     for a in range(0, flat[0].numel(), MIXED_CHUNK):
-        yield tuple(t[a:a + MIXED_CHUNK] for t in flat)
+        chunks = [t[a:a + MIXED_CHUNK] for t in flat]
+        w = work[:chunks[0].numel()]
+        w.copy_(chunks[0])
+        op(w, *chunks[1:])
+        chunks[0].copy_(w)
 
 
 def add_(p: torch.Tensor, other: torch.Tensor, alpha: float = 1.0) -> None:
-    """p ← p + alpha·other in place, with bounded temporaries for mixed dtypes (see `_mixed_chunks`)."""
-    for pc, oc in _mixed_chunks(p, other):
-        pc.add_(oc, alpha=alpha)
+    """p ← p + alpha·other in place, without whole-tensor temporaries for mixed dtypes."""
+    if _mixed(p, other):
+        _mixed_apply(p, lambda w, o: w.add_(o, alpha=alpha), other)
+    else:
+        p.add_(other, alpha=alpha)
 
 
 def addcdiv_(p: torch.Tensor, num: torch.Tensor, den: torch.Tensor, value: float) -> None:
-    """p ← p + value·num/den in place, with bounded temporaries for mixed dtypes."""
-    for pc, nc, dc in _mixed_chunks(p, num, den):
-        pc.addcdiv_(nc, dc, value=value)
+    """p ← p + value·num/den in place, without whole-tensor temporaries for mixed dtypes."""
+    if _mixed(p, num, den):
+        _mixed_apply(p, lambda w, n, d: w.addcdiv_(n, d, value=value), num, den)
+    else:
+        p.addcdiv_(num, den, value=value)
 
 
 class PerturbationEngine:
@@ -101,15 +123,21 @@ class PerturbationEngine:
         self.passes = 0
         self.regenerations = 0
 
-    def _grown(self, store: dict, key, numel: int, device: torch.device) -> torch.Tensor:
+    def _grown(self, store: dict, key, numel: int, device: torch.device,
+               dtype: torch.dtype = torch.float32) -> torch.Tensor:
         """An fp32 buffer of at least `numel` elements, grown on demand (the smaller one is freed first, so growth
         never holds two): an algorithm that only draws dense z for small tensors (TeZO's 1-D ones) never pays
         for a buffer the size of the largest matrix."""
         buf = store.get(key)
-        if buf is None or buf.numel() < numel:
+        if buf is None or buf.numel() < numel or buf.dtype != dtype:
             store.pop(key, None)
-            buf = store[key] = torch.empty(numel, dtype=torch.float32, device=device)
+            buf = store[key] = torch.empty(numel, dtype=dtype, device=device)
         return buf
+
+    def work(self, key: str, numel: int, device: torch.device, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+        """A reusable buffer of at least `numel` elements, by name (e.g. TeZO's row blocks): reusing it keeps
+        allocator churn, and the memory glibc then keeps resident, out of every pass."""
+        return self._grown(self._scratch, (device, key), numel, device, dtype)
 
     def _buffer(self, device: torch.device, numel: int) -> torch.Tensor:
         # One fp32 buffer per device for z, as large as the largest tensor drawn there: the transient of a pass.

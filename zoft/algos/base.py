@@ -157,11 +157,11 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     def transient_bytes(self) -> int:
         """Peak temporary memory of a step beyond the persistent state: the fp32 z buffer (the largest tensor per
-        device), `scratch_slots` more such buffers, and the bounded chunks of mixed-dtype in-place updates."""
+        device), `scratch_slots` more such buffers, and the fp32 chunk buffer of mixed-dtype in-place updates."""
         from zoft.perturb import MIXED_CHUNK
 
         mixed = any(p.dtype not in (torch.float32, torch.float64) for p in self._tensors)
-        return self.engine.max_buffer_bytes() * (1 + self.scratch_slots) + (3 * 4 * MIXED_CHUNK if mixed else 0)
+        return self.engine.max_buffer_bytes() * (1 + self.scratch_slots) + (4 * MIXED_CHUNK if mixed else 0)
 
     def state_breakdown(self) -> dict[str, int]:
         """Persistent state in bytes by kind (e.g. moments, Hessian, cached factors), for logs and `zoft list`."""

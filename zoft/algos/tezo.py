@@ -157,14 +157,14 @@ class TeZO(TwoPointZO):
 
     def transient_bytes(self) -> int:
         """Temporaries of a step: the z buffer (and Adam's scratch) sized by the largest *non-matrix* tensor, the
-        scaled factor of one matrix (min(m, n)·r), and for low-precision weights or TeZO-Adam the fp32 row blocks
-        (≤ 16 MiB each) and their bounded mixed-dtype chunks."""
+        scaled factor of one matrix (min(m, n)·r), and for low-precision weights the reused fp32 row block
+        (≤ 16 MiB) and the 4 MiB mixed-dtype chunk buffer."""
         dense = max((p.numel() for p, r in zip(self._tensors, self.ranks) if not r), default=0)
         matrices = [(p, r) for p, r in zip(self._tensors, self.ranks) if r]
         factor = max((min(p.shape) * r * 4 for p, r in matrices), default=0)
         blocks = 0
         if any(p.dtype not in (torch.float32, torch.float64) for p, _ in matrices):
-            blocks = 4 * min(CHUNK_ELEMENTS, max(p.numel() for p, _ in matrices)) + 2 * 4 * MIXED_CHUNK
+            blocks = 4 * min(CHUNK_ELEMENTS, max(p.numel() for p, _ in matrices)) + 4 * MIXED_CHUNK
         return 4 * dense * (1 + self.scratch_slots) + factor + blocks
 
     # -- the low-rank direction ---------------------------------------------------------------------------
@@ -213,8 +213,10 @@ class TeZO(TwoPointZO):
         # bf16/fp16 weights: build the fp32 product in row blocks (≤ CHUNK_ELEMENTS) and add it, rounding once
         vc = (v * coef).t()
         rows = max(1, CHUNK_ELEMENTS // n)
+        buf = self.engine.work("block", min(rows, m) * n, p.device, u.dtype)
         for a in range(0, m, rows):
-            block = u[a:a + rows] @ vc
+            ub = u[a:a + rows]
+            block = torch.mm(ub, vc, out=buf[:ub.shape[0] * n].view(ub.shape[0], n))
             target = p[a:a + rows]
             if beta != 1.0:
                 target.mul_(beta)
@@ -351,9 +353,13 @@ class TeZOAdam(TeZO):
         n = p.shape[1]
         vm, vv = (v * m_hat).t(), (v * v * v_hat).t()
         rows = max(1, CHUNK_ELEMENTS // n)
+        size = min(rows, p.shape[0]) * n
+        num_buf = self.engine.work("block", size, p.device, u.dtype)
+        den_buf = self.engine.work("block2", size, p.device, u.dtype)
         for a in range(0, p.shape[0], rows):
             ub = u[a:a + rows]
-            num = ub @ vm
-            den = (ub * ub) @ vv
+            k = ub.shape[0]
+            num = torch.mm(ub, vm, out=num_buf[:k * n].view(k, n))
+            den = torch.mm(ub * ub, vv, out=den_buf[:k * n].view(k, n))
             den.sqrt_().add_(group["adam_eps"])
             addcdiv_(p[a:a + rows], num, den, -group["lr"])
