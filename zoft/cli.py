@@ -339,7 +339,8 @@ def estimate_memory_cmd(
     dtype: Annotated[Dtype, typer.Option(help="Weight dtype (auto = bfloat16 on CUDA, float32 on CPU).",
                                          rich_help_panel=HW)] = Dtype.auto,
     device: Annotated[Device, typer.Option(help="Where the run will be (cpu adds the process runtime and "
-                                           "materialised attention scores).", rich_help_panel=HW)] = Device.cuda,
+                                           "materialised attention scores; auto: this machine's).",
+                                           rich_help_panel=HW)] = Device.cuda,
     batch_size: Annotated[int, typer.Option(help="Examples per forward.", rich_help_panel=TR)] = 16,
     rows_per_example: Annotated[int, typer.Option(help="Sequences per example: 1 when candidates are single "
                                                   "tokens (SST-2, RTE, BoolQ), else the number of candidates.",
@@ -357,6 +358,10 @@ def estimate_memory_cmd(
     """
     from zoft.memory import MemoryRequest, estimate
 
+    if device == Device.auto:
+        import torch
+
+        device = Device.cuda if torch.cuda.is_available() else Device.cpu
     dt = dtype.value if dtype != Dtype.auto else ("bfloat16" if device != Device.cpu else "float32")
     req = MemoryRequest(model=model, algo=algo, mode=mode, dtype=dt, device=device.value, batch_size=batch_size,
                         rows_per_example=rows_per_example, seq_len=seq_len, gpu_memory=gpu_memory)
