@@ -5,6 +5,7 @@ Everything runs offline on CPU in seconds; the hub is never contacted.
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 
@@ -54,6 +55,15 @@ def build_model(kind: str, vocab_size: int):
     else:
         model = LlamaForCausalLM(LlamaConfig(intermediate_size=64, num_key_value_heads=2, **common))
     return model.eval()
+
+
+def forwards_to_target(opt, f, target: float, max_steps: int) -> float:
+    """Forward passes `opt` spends stepping on the loss closure `f` until f() ≤ target (∞ if not within max_steps)."""
+    for _ in range(max_steps):
+        opt.step(f)
+        if f() <= target:
+            return opt.forwards
+    return math.inf
 
 
 @pytest.fixture(scope="session")

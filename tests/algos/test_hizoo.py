@@ -1,11 +1,11 @@
 """HiZOO and HiZOO-L against the oracles of ALGORITHMS.md §3.7 and the hand-computed rule of §3.2."""
 
-import math
 import statistics
 
 import pytest
 import torch
 
+from conftest import forwards_to_target
 from zoft.algos import HiZOO, HiZOOL, MeZO
 from zoft.algos.hizoo import parse_schedule
 from zoft.perturb import PerturbationEngine, step_seed
@@ -122,13 +122,7 @@ def _forwards_to_target(cls, lr, seed, a=None, eps=1e-3, max_steps=20_000, **kw)
     """Forwards until f ≤ 1e-4·f(ones) on ½ Σ a_i x_i² (∞ if not reached)."""
     a = torch.logspace(0, 3, 10, dtype=torch.float64) if a is None else a
     p, f = diag_quadratic(a)
-    target = 1e-4 * f()
-    opt = cls([p], lr=lr, eps=eps, seed=seed, **kw)
-    for _ in range(max_steps):
-        opt.step(f)
-        if f() <= target:
-            return opt.forwards
-    return math.inf
+    return forwards_to_target(cls([p], lr=lr, eps=eps, seed=seed, **kw), f, 1e-4 * f(), max_steps)
 
 
 def test_hizoo_beats_mezo_at_equal_forwards():

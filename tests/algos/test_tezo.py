@@ -6,6 +6,7 @@ import statistics
 import pytest
 import torch
 
+from conftest import forwards_to_target
 from zoft.algos import MeZO, TeZO, TeZOAdam, TeZOM, ZOAdam
 from zoft.algos.tezo import select_ranks
 from zoft.perturb import step_seed
@@ -265,14 +266,8 @@ def _lowrank_target_problem(seed: int, aligned: bool, m=20, n=16, r=4):
 def _forwards_to_target(cls, lr, seed, aligned=True, max_steps=20_000, **kw):
     w0, w_star = _lowrank_target_problem(seed, aligned)
     p = torch.nn.Parameter(w0.clone())
-    opt = cls([p], lr=lr, eps=1e-3, seed=seed, **kw)
     f = lambda: float(0.5 * ((p.detach() - w_star) ** 2).sum())  # noqa: E731
-    target = 1e-4 * f()
-    for _ in range(max_steps):
-        opt.step(f)
-        if f() <= target:
-            return opt.forwards
-    return math.inf
+    return forwards_to_target(cls([p], lr=lr, eps=1e-3, seed=seed, **kw), f, 1e-4 * f(), max_steps)
 
 
 def test_tezo_beats_mezo_when_the_gradient_stays_in_its_subspace():

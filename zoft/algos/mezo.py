@@ -43,12 +43,8 @@ class MeZO(TwoPointZO):
     paper = "Malladi et al. 2023, arXiv 2305.17333"
 
     def _update(self, seed: int, g: float) -> None:
-        eps = self.eps
-        for i, p, z in self.engine.sweep(seed):          # P3: θ ← c·θ + (c·ε − η·g)·z = c·θ_orig − η·g·z
-            c = self.decay_factor(i)
-            if c != 1.0:
-                p.mul_(c)
-            add_(p, z, c * eps - self.hyper(i)["lr"] * g)
+        for i, p, z in self.engine.sweep(seed):          # P3
+            sgd_dense_update(p, z, g, self.eps, self.hyper(i)["lr"], self.decay_factor(i))
 
 
 class ZOSGDMomentum(TwoPointZO):
@@ -66,10 +62,8 @@ class ZOSGDMomentum(TwoPointZO):
     default_momentum = 0.9
 
     def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, momentum: float | None = None):
-        momentum = self.default_momentum if momentum is None else float(momentum)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
-        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, momentum=momentum)
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
+                         momentum=resolve_momentum(momentum, self.default_momentum))
         for p in self._tensors:
             self.state[p]["momentum_buffer"] = torch.zeros(p.shape, dtype=state_dtype(p), device=p.device)
 
@@ -102,15 +96,10 @@ class ZOAdam(TwoPointZO):
 
     def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, momentum: float | None = None,
                  beta2: float | None = None, adam_eps: float | None = None):
-        beta1 = self.default_momentum if momentum is None else float(momentum)
-        beta2 = self.default_beta2 if beta2 is None else float(beta2)
-        delta = self.default_adam_eps if adam_eps is None else float(adam_eps)
-        check_adam_hyper(beta1, beta2, delta)
-        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, momentum=beta1,
-                         beta2=beta2, adam_eps=delta)
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
+                         **resolve_adam(type(self), momentum, beta2, adam_eps))
         for p in self._tensors:
-            self.state[p]["exp_avg"] = torch.zeros(p.shape, dtype=state_dtype(p), device=p.device)
-            self.state[p]["exp_avg_sq"] = torch.zeros(p.shape, dtype=state_dtype(p), device=p.device)
+            self.state[p].update(dense_adam_state(p))
 
     def _update(self, seed: int, g: float) -> None:
         eps = self.eps
@@ -120,13 +109,39 @@ class ZOAdam(TwoPointZO):
                               self.decay_factor(i), self.bias_corrections(group["momentum"], group["beta2"]))
 
 
-def check_adam_hyper(beta1: float, beta2: float, delta: float) -> None:
+def resolve_momentum(momentum: float | None, default: float) -> float:
+    """β of a momentum method: the given value or the class default, checked to lie in [0, 1)."""
+    momentum = default if momentum is None else float(momentum)
+    if not 0 <= momentum < 1:
+        raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
+    return momentum
+
+
+def resolve_adam(cls, momentum: float | None, beta2: float | None, adam_eps: float | None) -> dict[str, float]:
+    """Adam's param-group hyperparameters (β1 as `momentum`, β2, δ): given values or `cls`'s defaults, checked."""
+    beta1 = cls.default_momentum if momentum is None else float(momentum)
+    beta2 = cls.default_beta2 if beta2 is None else float(beta2)
+    delta = cls.default_adam_eps if adam_eps is None else float(adam_eps)
     if not 0 <= beta1 < 1:
         raise ValueError(f"momentum (β1) must lie in [0, 1), got {beta1}")
     if not 0 <= beta2 < 1:
         raise ValueError(f"beta2 must lie in [0, 1), got {beta2}")
     if not delta > 0:
         raise ValueError(f"adam_eps must be > 0, got {delta}")
+    return {"momentum": beta1, "beta2": beta2, "adam_eps": delta}
+
+
+def sgd_dense_update(p: torch.Tensor, z: torch.Tensor, g: float, eps: float, lr: float, decay: float) -> None:
+    """MeZO's fused P3 on one tensor: θ ← c·θ + (c·ε − η·g)·z, i.e. c·θ_orig − η·g·z from θ_cur = θ_orig − ε·z."""
+    if decay != 1.0:
+        p.mul_(decay)
+    add_(p, z, decay * eps - lr * g)
+
+
+def dense_adam_state(p: torch.Tensor, shape: tuple[int, ...] | torch.Size | None = None) -> dict[str, torch.Tensor]:
+    """Zeroed Adam moments (`exp_avg`, `exp_avg_sq`) of `shape` (default p's) in the state dtype of p."""
+    shape = p.shape if shape is None else shape
+    return {key: torch.zeros(shape, dtype=state_dtype(p), device=p.device) for key in ("exp_avg", "exp_avg_sq")}
 
 
 def adam_dense_update(p: torch.Tensor, z: torch.Tensor, state: dict, g: float, scratch: torch.Tensor,

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 import torch
 
 from zoft.algos.base import TwoPointZO, state_dtype
-from zoft.algos.mezo import adam_dense_update, check_adam_hyper
+from zoft.algos.mezo import adam_dense_update, dense_adam_state, resolve_adam, resolve_momentum, sgd_dense_update
 from zoft.perturb import MIXED_CHUNK, add_, addcdiv_, mix, tag_id, tensor_seed
 
 #: fp32 numbers per row block when an m×n product must exist (bf16 weights, TeZO-Adam's M̂/V̂): 16 MiB
@@ -167,6 +167,10 @@ class TeZO(TwoPointZO):
             blocks = 4 * min(CHUNK_ELEMENTS, max(p.numel() for p, _ in matrices)) + 4 * MIXED_CHUNK
         return 4 * dense * (1 + self.scratch_slots) + factor + blocks
 
+    def moment_shape(self, index: int) -> tuple[int, ...]:
+        """Moments live in r-space for matrices, densely for the other tensors."""
+        return (self.ranks[index],) if self.ranks[index] else tuple(self._tensors[index].shape)
+
     # -- the low-rank direction ---------------------------------------------------------------------------
     def scale(self, index: int) -> float:
         """s_r of tensor `index`."""
@@ -198,10 +202,12 @@ class TeZO(TwoPointZO):
         u, v = self.factors(index)
         return (u * (self.scale(index) * self.tau(index, seed))) @ v.t()
 
-    def add_lowrank(self, index: int, coef: torch.Tensor, beta: float = 1.0) -> None:
-        """W ← β·W + U·diag(coef)·Vᵀ in place on W's storage, never holding an m×n temporary for fp32 weights."""
+    def add_lowrank(self, index: int, coef: torch.Tensor, beta: float = 1.0,
+                    factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
+        """W ← β·W + U·diag(coef)·Vᵀ in place on W's storage, never holding an m×n temporary for fp32 weights.
+        `factors`: (U, V) when the caller already holds them (so regenerated factors are drawn once per pass)."""
         p = self._tensors[index]
-        u, v = self.factors(index)
+        u, v = factors or self.factors(index)
         m, n = p.shape
         if p.dtype == u.dtype:
             # scale the smaller factor: the only temporary is min(m, n)×r
@@ -242,9 +248,7 @@ class TeZO(TwoPointZO):
                 # W ← c·W + s·U·diag((c·ε − η·κ)·τ)·Vᵀ = c·W_orig − η·κ·Z_t, one addmm
                 self.add_lowrank(i, self.tau(i, seed) * ((c * eps - lr * g) * self.scale(i)), beta=c)
             else:
-                if c != 1.0:
-                    p.mul_(c)
-                add_(p, self.engine.noise(i, seed), c * eps - lr * g)
+                sgd_dense_update(p, self.engine.noise(i, seed), g, eps, lr, c)
 
 
 class TeZOM(TeZO):
@@ -259,15 +263,12 @@ class TeZOM(TeZO):
     default_momentum = 0.9
 
     def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, momentum: float | None = None, **kw):
-        momentum = self.default_momentum if momentum is None else float(momentum)
-        if not 0 <= momentum < 1:
-            raise ValueError(f"momentum must lie in [0, 1), got {momentum}")
-        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, momentum=momentum, **kw)
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
+                         momentum=resolve_momentum(momentum, self.default_momentum), **kw)
 
     def _init_state(self) -> None:
         for i, p in enumerate(self._tensors):
-            shape = (self.ranks[i],) if self.ranks[i] else p.shape
-            self.state[p]["exp_avg"] = torch.zeros(shape, dtype=state_dtype(p), device=p.device)
+            self.state[p]["exp_avg"] = torch.zeros(self.moment_shape(i), dtype=state_dtype(p), device=p.device)
 
     def _update(self, seed: int, g: float) -> None:
         self.engine.count_pass()
@@ -304,18 +305,12 @@ class TeZOAdam(TeZO):
 
     def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, momentum: float | None = None,
                  beta2: float | None = None, adam_eps: float | None = None, **kw):
-        beta1 = self.default_momentum if momentum is None else float(momentum)
-        beta2 = self.default_beta2 if beta2 is None else float(beta2)
-        delta = self.default_adam_eps if adam_eps is None else float(adam_eps)
-        check_adam_hyper(beta1, beta2, delta)
-        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, momentum=beta1,
-                         beta2=beta2, adam_eps=delta, **kw)
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
+                         **resolve_adam(type(self), momentum, beta2, adam_eps), **kw)
 
     def _init_state(self) -> None:
         for i, p in enumerate(self._tensors):
-            shape = (self.ranks[i],) if self.ranks[i] else p.shape
-            self.state[p]["exp_avg"] = torch.zeros(shape, dtype=state_dtype(p), device=p.device)
-            self.state[p]["exp_avg_sq"] = torch.zeros(shape, dtype=state_dtype(p), device=p.device)
+            self.state[p].update(dense_adam_state(p, self.moment_shape(i)))
 
     def _update(self, seed: int, g: float) -> None:
         self.engine.count_pass()
@@ -332,8 +327,9 @@ class TeZOAdam(TeZO):
             m.mul_(group["momentum"]).add_(tau, alpha=(1.0 - group["momentum"]) * g)
             v.mul_(group["beta2"]).addcmul_(tau, tau, value=(1.0 - group["beta2"]) * g * g)
             s = self.scale(i)
-            self.add_lowrank(i, tau * (c * eps * s), beta=c)          # restore and decay: c·W_orig
-            self._adam_step(i, m * (s / corrections[0]), v * (s * s / corrections[1]), group)
+            factors = self.factors(i)
+            self.add_lowrank(i, tau * (c * eps * s), beta=c, factors=factors)   # restore and decay: c·W_orig
+            self._adam_step(i, m * (s / corrections[0]), v * (s * s / corrections[1]), group, factors)
 
     scratch_slots = 1  # the dense denominator of 1-D tensors
 
@@ -346,10 +342,11 @@ class TeZOAdam(TeZO):
         widest = max(p.shape[1] * r for p, r in matrices) * 4
         return super().transient_bytes() + 2 * block + 3 * widest
 
-    def _adam_step(self, index: int, m_hat: torch.Tensor, v_hat: torch.Tensor, group: dict) -> None:
+    def _adam_step(self, index: int, m_hat: torch.Tensor, v_hat: torch.Tensor, group: dict,
+                   factors: tuple[torch.Tensor, torch.Tensor]) -> None:
         """W ← W − η·(U diag(m̂) Vᵀ) / (√((U⊙U) diag(v̂) (V⊙V)ᵀ) + δ), built in row blocks of ≤ 16 MiB each."""
         p = self._tensors[index]
-        u, v = self.factors(index)
+        u, v = factors
         n = p.shape[1]
         vm, vv = (v * m_hat).t(), (v * v * v_hat).t()
         rows = max(1, CHUNK_ELEMENTS // n)
