@@ -94,3 +94,87 @@ def test_mixed_dtype_updates_are_chunked_identical_and_bounded():
     addcdiv_(p, z, den, -3e-3)
     assert _hwm_mib() - before < 20
     assert torch.equal(p, expected)
+
+
+# -- the noise table (the default generator for tensors of TABLE_MIN elements or more) -------------------------
+BIG = 3 * (1 << 20) + 12_345  # three full windows and a partial one
+PINNED_TABLE_HEAD = [0.8125, -0.30078125, 0.7734375, 0.64453125]
+
+
+def test_table_holds_gaussian_quantiles_exact_in_every_float_dtype():
+    from zoft.perturb import SIGN_BITS, TABLE_BITS, WINDOW, noise_table
+
+    g, s = noise_table(torch.device("cpu"), torch.float32)
+    body = g[: 1 << TABLE_BITS].double()
+    assert abs(body.mean().item()) < 1e-12  # symmetric set of quantiles
+    assert abs((body**2).mean().item() - 1) < 1e-5 and abs((body**4).mean().item() - 3) < 1e-4
+    assert body.abs().max().item() < 5.5
+    assert torch.equal(g.bfloat16().float(), g) and torch.equal(g.half().float(), g)  # same z in any dtype
+    assert torch.equal(g[-WINDOW:], g[:WINDOW]) and torch.equal(s[-WINDOW:], s[:WINDOW])  # windows never wrap
+    assert set(s.unique().tolist()) == {-1.0, 1.0} and abs(s[: 1 << SIGN_BITS].mean().item()) < 3e-3
+    assert torch.equal(noise_table(torch.device("cpu"), torch.bfloat16)[0].float(), g)
+    # pinned: the table is a constant of zoft; changing it silently changes every run's trajectory
+    assert g[:4].tolist() == PINNED_TABLE_HEAD
+    # scrambled order: autocorrelations at short and power-of-two lags look like those of i.i.d. draws
+    for lag in (1, 2, 3, 64, 1 << 12, 1 << 20):
+        assert abs(torch.dot(body[:-lag], body[lag:]).item()) / (1 << TABLE_BITS) < 5 / 2**12
+
+
+def test_table_z_is_seeded_dtype_independent_and_standard_normal():
+    seed = step_seed(3, 1)
+    ref = PerturbationEngine([torch.zeros(BIG)]).noise(0, seed).clone()
+    for dtype in (torch.bfloat16, torch.float16, torch.float64):
+        assert torch.equal(PerturbationEngine([torch.zeros(BIG, dtype=dtype)]).noise(0, seed), ref)
+    assert not torch.equal(PerturbationEngine([torch.zeros(BIG)]).noise(0, seed + 1), ref)
+    z = ref.double()
+    assert abs(z.mean().item()) < 3e-3 and abs(z.var().item() - 1) < 3e-3
+    assert abs((z**4).mean().item() - 3) < 0.03
+    # Kolmogorov-Smirnov distance to N(0, 1) rounded to bf16's grid (the table's values): the empirical CDF at
+    # each distinct value v against Φ at the midpoint to the next one; the 5 % critical value for n = 3.2 M is
+    # 7.6e-4 (unrounded, the grid's atoms alone would put it at 1.1e-3)
+    values, counts = torch.unique(z, return_counts=True)
+    ecdf = counts.cumsum(0).double() / z.numel()
+    cdf = torch.special.ndtr(torch.cat([(values[:-1] + values[1:]) / 2, values[-1:] + 1]))
+    assert (ecdf - cdf).abs().max().item() < 7.6e-4
+
+
+def test_table_windows_tensors_and_probes_are_uncorrelated():
+    from zoft.perturb import WINDOW
+
+    eng = PerturbationEngine([torch.zeros(BIG), torch.zeros(BIG)])
+    seed = step_seed(0, 9)
+    z0 = eng.noise(0, seed).clone()
+    z1 = eng.noise(1, seed).clone()
+    zp = eng.noise(0, seed, probe=1).clone()
+    bound = 5 / WINDOW**0.5  # 5 standard errors of a normalised dot product over one window
+    for a, b in ((z0[:WINDOW], z0[WINDOW:2 * WINDOW]), (z0[:WINDOW], z1[:WINDOW]), (z0[:WINDOW], zp[:WINDOW])):
+        assert abs(torch.dot(a, b).item()) / WINDOW < bound
+    # a shifted copy would betray reused offsets: windows 1 and 2 share no run of equal values with window 0
+    assert (z0[WINDOW:2 * WINDOW] == z0[:WINDOW]).float().mean().item() < 0.01
+
+
+def test_table_axpy_is_fused_and_rounds_once():
+    seed = step_seed(1, 2)
+    p = torch.randn(BIG, generator=torch.Generator().manual_seed(0))
+    for dtype in (torch.float32, torch.bfloat16, torch.float16):
+        q = p.to(dtype)
+        eng = PerturbationEngine([q])
+        expected = (q.float() + 1e-3 * eng.noise(0, seed)).to(dtype)
+        eng.axpy_(0, seed, 1e-3)
+        assert torch.equal(q, expected), dtype
+
+
+def test_small_tensors_use_randn_and_mezo_needs_no_z_buffer_with_the_table():
+    from zoft.algos import ALGORITHMS
+    from zoft.perturb import TABLE_MIN, table_bytes, tensor_seed
+
+    small = torch.zeros(TABLE_MIN - 1)
+    z = PerturbationEngine([small]).noise(0, 5)
+    gen = torch.Generator().manual_seed(tensor_seed(5, 0))
+    assert torch.equal(z, torch.randn(TABLE_MIN - 1, generator=gen))  # exact N(0, I), no table built
+    assert PerturbationEngine([small]).pass_bytes() == 4 * (TABLE_MIN - 1)
+    big = torch.nn.Parameter(torch.zeros(BIG))
+    assert ALGORITHMS["mezo"]([big]).transient_bytes() == table_bytes(torch.float32)
+    assert ALGORITHMS["mezo"]([big], noise="randn").transient_bytes() == 4 * BIG
+    gen = torch.Generator().manual_seed(tensor_seed(5, 0))
+    assert torch.equal(PerturbationEngine([big], noise="randn").noise(0, 5), torch.randn(BIG, generator=gen))

@@ -52,6 +52,7 @@ class TrainConfig:
     lr: float | None = None             # None → the algorithm's default (MeZO full FT: 1e-6)
     eps: float | None = None            # None → the algorithm's default (1e-3)
     weight_decay: float = 0.0
+    noise: str = "table"                # z generator: table (seeded noise-table windows) or randn (torch.randn)
     hessian_smooth: float | None = None  # HiZOO α (EMA of H); None → 1e-6
     hessian_schedule: str | None = None  # HiZOO piecewise-constant α by step, "0:1e-4,2000:1e-6"
     hessian_estimator: str = "code"     # HiZOO curvature sample: code (c·H·z², released code) or paper
@@ -185,6 +186,10 @@ def validate(cfg: TrainConfig) -> None:
             takers = " or ".join(name for name, cls in ALGORITHMS.items() if key in cls.config_keys)
             raise ConfigError(f"{cfg.flag(key)} applies to --algo {takers}, not {cfg.algo}")
     _validate_algorithm_options(cfg)
+    from zoft.perturb import NOISE_KINDS
+
+    if cfg.noise not in NOISE_KINDS:
+        raise ConfigError(f"--noise {cfg.noise}: choose {' or '.join(NOISE_KINDS)}")
     if cfg.hessian_estimator not in ("code", "paper"):
         raise ConfigError(f"--hessian-estimator {cfg.hessian_estimator}: choose code or paper")
     if cfg.hessian_smooth is not None and not 0 <= cfg.hessian_smooth <= 1:

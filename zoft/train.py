@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # Settings that change the trajectory: a resume must use the same values as the run it continues.
 # Algorithm options join them (all but NON_TRAJECTORY_OPTIONS), so a new algorithm's options are checked too.
 _TRAJECTORY_KEYS = ("model", "task", "data_dir", "data_file", "num_train", "num_dev", "train_set_seed",
-                    "max_length", "algo", "lr", "eps", "weight_decay", "batch_size", "seed", "dtype")
+                    "max_length", "algo", "lr", "eps", "weight_decay", "noise", "batch_size", "seed", "dtype")
 
 
 def trajectory_keys() -> tuple[str, ...]:
@@ -102,8 +102,13 @@ def prepare_output_dir(cfg: TrainConfig) -> Path | None:
     return None
 
 
+# What a key meant in runs saved before it existed (zoft 0.1 drew z with torch.randn only).
+_LEGACY = {"noise": "randn"}
+
+
 def _check_resume_config(cfg: TrainConfig, ckpt: Path) -> None:
     saved = yaml.safe_load((ckpt / "config.yaml").read_text())
+    saved = {**_LEGACY, **saved}
     diffs = [f"{k} ({saved.get(k)!r} in the run, {getattr(cfg, k)!r} now)" for k in trajectory_keys()
              if saved.get(k) != getattr(cfg, k)]
     if diffs:
@@ -184,7 +189,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
 
     named = trainable_parameters(model)
     algo_cls = ALGORITHMS[cfg.algo]
-    opt = algo_cls(named, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, seed=cfg.seed,
+    opt = algo_cls(named, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, seed=cfg.seed, noise=cfg.noise,
                    **{k: getattr(cfg, k) for k in algo_cls.config_keys})
     n_trainable = sum(p.numel() for _, p in named)
 

@@ -64,6 +64,7 @@ class ZOOptimizer(torch.optim.Optimizer):
         eps: perturbation scale ε.
         weight_decay: decoupled weight decay λ (not applied to 1-D, bias or norm tensors).
         seed: run seed; step t perturbs with seed mix(seed, t).
+        noise: the z generator, "table" (default) or "randn" (see `zoft.perturb`).
     """
 
     #: one line for `zoft list` and `--help`: when to pick this algorithm
@@ -74,6 +75,8 @@ class ZOOptimizer(torch.optim.Optimizer):
     state_desc: str = "none"
     #: fp32 work buffers the size of the largest tensor that a step uses besides the z buffer
     scratch_slots: int = 0
+    #: whether a step materialises dense z (False: every pass is a fused `axpy_`, as in MeZO)
+    dense_z: bool = True
     #: forward passes per step, for budgets and logs
     forwards_per_step: int = 2
     #: TrainConfig keys passed to the constructor as keyword arguments (algorithm-specific options)
@@ -83,7 +86,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     default_eps: float = 1e-3
 
     def __init__(self, params: Iterable[Any], lr: float | None = None, eps: float | None = None,
-                 weight_decay: float = 0.0, seed: int = 0, **defaults: Any):
+                 weight_decay: float = 0.0, seed: int = 0, noise: str = "table", **defaults: Any):
         lr = self.default_lr if lr is None else lr
         eps = self.default_eps if eps is None else eps
         if not lr > 0:
@@ -105,7 +108,7 @@ class ZOOptimizer(torch.optim.Optimizer):
                 self._tensors.append(p)
                 self._group_index.append(gi)
                 self._decay.append(decays(name, p))
-        self.engine = PerturbationEngine(self._tensors)
+        self.engine = PerturbationEngine(self._tensors, noise=noise)
         self.last: dict[str, float] = {}  # scalars of the last step (projected_grad, loss_plus, ...) for logging
 
     # -- helpers for subclasses ---------------------------------------------------------------------------
@@ -156,12 +159,14 @@ class ZOOptimizer(torch.optim.Optimizer):
                    if isinstance(t, torch.Tensor))
 
     def transient_bytes(self) -> int:
-        """Peak temporary memory of a step beyond the persistent state: the fp32 z buffer (the largest tensor per
-        device), `scratch_slots` more such buffers, and the fp32 chunk buffer of mixed-dtype in-place updates."""
+        """Peak temporary memory of a step beyond the persistent state: the noise tables and z buffer of a pass
+        (`PerturbationEngine.pass_bytes`), `scratch_slots` fp32 buffers the size of the largest tensor, and the
+        fp32 chunk buffer of mixed-dtype in-place updates."""
         from zoft.perturb import MIXED_CHUNK
 
-        mixed = any(p.dtype not in (torch.float32, torch.float64) for p in self._tensors)
-        return self.engine.max_buffer_bytes() * (1 + self.scratch_slots) + (4 * MIXED_CHUNK if mixed else 0)
+        mixed = self.dense_z and any(p.dtype not in (torch.float32, torch.float64) for p in self._tensors)
+        return (self.engine.pass_bytes(self.dense_z) + self.engine.max_buffer_bytes() * self.scratch_slots
+                + (4 * MIXED_CHUNK if mixed else 0))
 
     def state_breakdown(self) -> dict[str, int]:
         """Persistent state in bytes by kind (e.g. moments, Hessian, cached factors), for logs and `zoft list`."""

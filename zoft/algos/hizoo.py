@@ -82,7 +82,8 @@ class HiZOO(ZOOptimizer):
     config_keys = ("hessian_smooth", "hessian_schedule", "hessian_estimator", "allow_degenerate")
 
     def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, hessian_smooth: float | None = None,
-                 hessian_schedule=None, hessian_estimator: str = "code", allow_degenerate: bool = False):
+                 hessian_schedule=None, hessian_estimator: str = "code", allow_degenerate: bool = False,
+                 noise: str = "table"):
         alpha = self.default_hessian_smooth if hessian_smooth is None else float(hessian_smooth)
         schedule = parse_schedule(hessian_schedule)
         if hessian_estimator not in ("code", "paper"):
@@ -93,7 +94,7 @@ class HiZOO(ZOOptimizer):
         if max(alphas) == 0 and not allow_degenerate:
             raise ValueError("hessian_smooth = 0 keeps H at 1, which makes HiZOO MeZO with a wasted forward; "
                              "pass a positive α (default 1e-6) or allow_degenerate=True")
-        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed)
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, noise=noise)
         self.alpha, self.schedule, self.estimator = alpha, schedule, hessian_estimator
         for i, p in enumerate(self._tensors):
             self._init_state(i, p)

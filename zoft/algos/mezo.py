@@ -42,9 +42,15 @@ class MeZO(TwoPointZO):
     summary = "ZO-SGD baseline: 2 forwards/step, no optimizer state; the memory floor and the reference"
     paper = "Malladi et al. 2023, arXiv 2305.17333"
 
+    dense_z = False  # every pass is a fused θ ← θ + α·z: no z buffer
+
     def _update(self, seed: int, g: float) -> None:
-        for i, p, z in self.engine.sweep(seed):          # P3
-            sgd_dense_update(p, z, g, self.eps, self.hyper(i)["lr"], self.decay_factor(i))
+        self.engine.count_pass()                         # P3: θ ← c·θ + (c·ε − η·g)·z
+        for i, p in enumerate(self._tensors):
+            c = self.decay_factor(i)
+            if c != 1.0:
+                p.mul_(c)
+            self.engine.axpy_(i, seed, c * self.eps - self.hyper(i)["lr"] * g)
 
 
 class ZOSGDMomentum(TwoPointZO):
@@ -61,8 +67,9 @@ class ZOSGDMomentum(TwoPointZO):
     default_lr = 1e-7  # the buffer sums ~1/(1−β) = 10 steps, so MeZO's 1e-6 becomes 1e-7 (ZO-Bench grid 1e-5…1e-8)
     default_momentum = 0.9
 
-    def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, momentum: float | None = None):
-        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
+    def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, momentum: float | None = None,
+                 noise: str = "table"):
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, noise=noise,
                          momentum=resolve_momentum(momentum, self.default_momentum))
         for p in self._tensors:
             self.state[p]["momentum_buffer"] = torch.zeros(p.shape, dtype=state_dtype(p), device=p.device)
@@ -95,8 +102,8 @@ class ZOAdam(TwoPointZO):
     default_momentum, default_beta2, default_adam_eps = 0.9, 0.999, 1e-8
 
     def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, momentum: float | None = None,
-                 beta2: float | None = None, adam_eps: float | None = None):
-        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
+                 beta2: float | None = None, adam_eps: float | None = None, noise: str = "table"):
+        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, noise=noise,
                          **resolve_adam(type(self), momentum, beta2, adam_eps))
         for p in self._tensors:
             self.state[p].update(dense_adam_state(p))

@@ -159,13 +159,15 @@ class TeZO(TwoPointZO):
         """Temporaries of a step: the z buffer (and Adam's scratch) sized by the largest *non-matrix* tensor, the
         scaled factor of one matrix (min(m, n)·r), and for low-precision weights the reused fp32 row block
         (≤ 16 MiB) and the 4 MiB mixed-dtype chunk buffer."""
-        dense = max((p.numel() for p, r in zip(self._tensors, self.ranks) if not r), default=0)
+        dense_idx = [i for i, r in enumerate(self.ranks) if not r]
+        dense = max((self._tensors[i].numel() for i in dense_idx), default=0)
         matrices = [(p, r) for p, r in zip(self._tensors, self.ranks) if r]
         factor = max((min(p.shape) * r * 4 for p, r in matrices), default=0)
         blocks = 0
         if any(p.dtype not in (torch.float32, torch.float64) for p, _ in matrices):
             blocks = 4 * min(CHUNK_ELEMENTS, max(p.numel() for p, _ in matrices)) + 4 * MIXED_CHUNK
-        return 4 * dense * (1 + self.scratch_slots) + factor + blocks
+        z = self.engine.pass_bytes(True, dense_idx) if dense_idx else 0
+        return z + 4 * dense * self.scratch_slots + factor + blocks
 
     def moment_shape(self, index: int) -> tuple[int, ...]:
         """Moments live in r-space for matrices, densely for the other tensors."""
