@@ -26,3 +26,14 @@ def test_cuda_mezo_restores_fp32_and_stays_in_place():
     opt.step(lambda: torch.tensor(1.0, device="cuda"))  # g = 0: a pure perturb/restore cycle
     assert p.data_ptr() == ptr
     assert (p - before).abs().max().item() <= 1e-6
+
+
+def test_cuda_table_z_equals_cpu_table_z_and_axpy_is_fused():
+    n = 3 << 20
+    seed = step_seed(0, 2)
+    cpu = PerturbationEngine([torch.zeros(n)]).noise(0, seed).clone()
+    p = torch.zeros(n, device="cuda", dtype=torch.bfloat16)
+    eng = PerturbationEngine([p])
+    assert torch.equal(eng.noise(0, seed).cpu(), cpu)  # the table is built on the CPU: one stream everywhere
+    eng.axpy_(0, seed, 1.0)
+    assert torch.equal(p.float().cpu(), cpu)  # table values are exact in bf16

@@ -1,5 +1,6 @@
 """The perturbation engine: seeded regeneration of z (ALGORITHMS.md §1.2, oracle T3)."""
 
+import pytest
 import torch
 
 from zoft.perturb import PerturbationEngine, mix, step_seed, tensor_seed
@@ -178,3 +179,66 @@ def test_small_tensors_use_randn_and_mezo_needs_no_z_buffer_with_the_table():
     assert ALGORITHMS["mezo"]([big], noise="randn").transient_bytes() == 4 * BIG
     gen = torch.Generator().manual_seed(tensor_seed(5, 0))
     assert torch.equal(PerturbationEngine([big], noise="randn").noise(0, 5), torch.randn(BIG, generator=gen))
+
+
+# -- stochastic rounding ---------------------------------------------------------------------------------------
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_stochastic_rounding_makes_the_expected_update_unbiased(dtype):
+    from zoft.perturb import add_, stochastic_rounding
+
+    gen = torch.Generator().manual_seed(0)
+    n, trials = 50_000, 400
+    p0 = (torch.rand(n, generator=gen) + 0.5).to(dtype)  # weights in [0.5, 1.5): ulp 2^-8..2^-7 (bf16)
+    # typical ZO updates, 1e-6..1e-3 with either sign: most are far below half an ulp
+    delta = torch.randn(n, generator=gen).sign() * 10 ** (-6 + 3 * torch.rand(n, generator=gen))
+    nearest = p0.clone()
+    add_(nearest, delta)
+    assert (nearest != p0).float().mean() < (0.02 if dtype == torch.bfloat16 else 0.3)  # nearest drops them
+    total = torch.zeros(n, dtype=torch.float64)
+    for t in range(trials):
+        p = p0.clone()
+        with stochastic_rounding(t):
+            add_(p, delta)
+        total += p.double() - p0.double()
+    mean = total / trials
+    # the expected update, projected on the update's signs, equals the exact one to within the trials' sampling
+    # error (0.6 % here)
+    sign = delta.sign().double()
+    assert abs((mean * sign).sum().item() / delta.abs().double().sum().item() - 1) < 0.03
+    big = delta.abs() > 3e-4  # per element, where the sampling error is small enough to see
+    rel = (mean[big] - delta[big].double()).abs().mean() / delta[big].abs().double().mean()
+    assert rel < 0.25
+
+
+def test_stochastic_rounding_is_seeded_and_only_inside_its_block():
+    from zoft.perturb import add_, stochastic_rounding
+
+    p0 = torch.linspace(0.5, 1.5, 10_000).bfloat16()
+    z = torch.full((10_000,), 1e-3)
+    runs = []
+    for seed in (1, 1, 2):
+        p = p0.clone()
+        with stochastic_rounding(seed):
+            add_(p, z)
+        runs.append(p)
+    assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
+    p = p0.clone()
+    add_(p, z)
+    expected = p0.clone()
+    expected.add_(z)
+    assert torch.equal(p, expected)  # outside: round to nearest, as torch
+
+
+def test_fused_table_axpy_rounds_stochastically_like_add():
+    from zoft.perturb import add_, stochastic_rounding
+
+    seed = step_seed(0, 1)
+    p0 = torch.randn(BIG, generator=torch.Generator().manual_seed(3)).bfloat16()
+    fused, plain = p0.clone(), p0.clone()
+    eng = PerturbationEngine([fused])
+    with stochastic_rounding(9):
+        eng.axpy_(0, seed, 1e-4)
+    with stochastic_rounding(9):
+        add_(plain, PerturbationEngine([plain]).noise(0, seed), 1e-4)
+    assert torch.equal(fused, plain)
+    assert (fused != p0).float().mean() > 0.005  # some of the sub-ulp updates survive

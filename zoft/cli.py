@@ -157,6 +157,11 @@ def train(
                                                  "tables take 44 MiB fp32 / 22 MiB bf16) or randn (torch.randn, "
                                                  "exact N(0, I)).", show_default=_D.noise,
                                                  rich_help_panel=Z)] = None,
+    stochastic_rounding: Annotated[bool, typer.Option("--stochastic-rounding", help="Round the update pass "
+                                                      "stochastically so that updates far below half an ulp "
+                                                      "(most of MeZO's in bf16) survive in expectation; "
+                                                      "bfloat16/float16 weights only (no effect in float32).",
+                                                      rich_help_panel=Z)] = False,
     hessian_smooth: Annotated[Optional[float], typer.Option(help="HiZOO: EMA coefficient α of the diagonal "
                                                             "Hessian H.", show_default="1e-6",
                                                             rich_help_panel=Z)] = None,
@@ -236,11 +241,13 @@ def train(
     and loss.png to the run dir.
     """
     overrides: dict[str, Any] = {k: v for k, v in locals().items()
-                                 if k not in ("recipe", "as_json", "overwrite", "resume", "allow_degenerate")}
+                                 if k not in ("recipe", "as_json", "overwrite", "resume", "allow_degenerate",
+                                              "stochastic_rounding")}
     overrides = {k: (v.value if isinstance(v, Enum) else v) for k, v in overrides.items()}
     overrides["overwrite"] = overwrite or None
     overrides["resume"] = resume or None
     overrides["allow_degenerate"] = allow_degenerate or None
+    overrides["stochastic_rounding"] = stochastic_rounding or None
     from zoft.config import resolve
 
     try:

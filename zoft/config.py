@@ -53,6 +53,7 @@ class TrainConfig:
     eps: float | None = None            # None → the algorithm's default (1e-3)
     weight_decay: float = 0.0
     noise: str = "table"                # z generator: table (seeded noise-table windows) or randn (torch.randn)
+    stochastic_rounding: bool = False   # round the update pass stochastically (bf16/fp16 weights only)
     hessian_smooth: float | None = None  # HiZOO α (EMA of H); None → 1e-6
     hessian_schedule: str | None = None  # HiZOO piecewise-constant α by step, "0:1e-4,2000:1e-6"
     hessian_estimator: str = "code"     # HiZOO curvature sample: code (c·H·z², released code) or paper

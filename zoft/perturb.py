@@ -82,18 +82,20 @@ def _work(device: torch.device) -> torch.Tensor:
 
 
 def _mixed(p: torch.Tensor, *others: torch.Tensor) -> bool:
-    """Whether an in-place op on half-precision p takes fp32 operands (bf16/fp16 weights with fp32 noise or state),
-    the case where torch promotes through whole-tensor fp32 temporaries."""
+    """Whether an in-place op on half-precision p goes through the fp32 chunk buffer: when it takes fp32 operands
+    (bf16/fp16 weights with fp32 noise or state; torch would promote through whole-tensor fp32 temporaries), and
+    always inside `stochastic_rounding`."""
     return (p.dtype in (torch.bfloat16, torch.float16) and p.is_contiguous()
-            and any(o.dtype == torch.float32 for o in others))
+            and (bool(_SR) or any(o.dtype == torch.float32 for o in others)))
 
 
 def _mixed_apply(p: torch.Tensor, op, *others: torch.Tensor) -> None:
     """Apply `op(work_fp32, *other_chunks)` to p through a reused fp32 chunk buffer: copy the chunk up, operate,
-    copy back (rounding once, as torch's own promotion does). torch would instead allocate fp32 temporaries the
-    size of the whole tensor (measured: 214 MiB for SmolLM2's 28 M-element bf16 embedding), and allocating even
-    chunk-sized ones on every call lets glibc's growing mmap threshold keep hundreds of MiB resident (measured
-    404 MiB for a TeZO pass in bf16); the reused buffer needs 4 MiB per device."""
+    copy back (rounding once, as torch's own promotion does, or stochastically inside `stochastic_rounding`).
+    torch would instead allocate fp32 temporaries the size of the whole tensor (measured: 214 MiB for SmolLM2's
+    28 M-element bf16 embedding), and allocating even chunk-sized ones on every call lets glibc's growing mmap
+    threshold keep hundreds of MiB resident (measured 404 MiB for a TeZO pass in bf16); the reused buffer needs
+    4 MiB per device."""
     work = _work(p.device)
     flat = [p.view(-1), *(o.reshape(-1) for o in others)]
     for a in range(0, flat[0].numel(), MIXED_CHUNK):
@@ -101,7 +103,66 @@ def _mixed_apply(p: torch.Tensor, op, *others: torch.Tensor) -> None:
         w = work[:chunks[0].numel()]
         w.copy_(chunks[0])
         op(w, *chunks[1:])
-        chunks[0].copy_(w)
+        if _SR:
+            _round_stochastic_(chunks[0], w)
+        else:
+            chunks[0].copy_(w)
+
+
+# -- stochastic rounding ----------------------------------------------------------------------------------------
+# A ZO update η·g·z of ~1e-6 is far below half a bf16 ulp of most weights (2^-9 relative): rounding to nearest
+# drops it. Rounding up with probability (x − lo)/(hi − lo) instead makes E[round(x)] = x, so updates survive in
+# expectation. Random bits come from a third table, U (2^20 uniform 16-bit integers, 8 MiB, built on first use),
+# read in windows at offsets hashed from (update seed, call, window), so a run stays reproducible.
+_SR: list[int] = []  # [seed, calls] while a `stochastic_rounding` block is active
+_UNIFORM: dict[torch.device, torch.Tensor] = {}
+
+
+class stochastic_rounding:
+    """Context: inside it, half-precision in-place updates made through `add_`, `addcdiv_` and `scale_` round
+    stochastically, with bits drawn deterministically from `seed` (e.g. the step seed)."""
+
+    def __init__(self, seed: int, enabled: bool = True):
+        self.seed, self.enabled = seed, enabled
+
+    def __enter__(self):
+        if self.enabled:
+            _SR[:] = [mix(self.seed, tag_id("sr")), 0]
+        return self
+
+    def __exit__(self, *exc):
+        _SR.clear()
+
+
+def _uniform_bits(device: torch.device, n: int) -> torch.Tensor:
+    """n uniform integers in [0, 2^16) (int32) for the next rounding call: a window of the U table."""
+    table = _UNIFORM.get(device)
+    if table is None:
+        idx = _scramble_(torch.arange(1 << SIGN_BITS), torch.empty(1 << SIGN_BITS, dtype=torch.int64), SIGN_BITS,
+                         _TABLE_SEED ^ 0x5EED)
+        bits = idx.bitwise_and_(0xFFFF).to(torch.int32)  # low 16 bits of a bijection of 20 bits: exactly uniform
+        table = _UNIFORM[device] = torch.cat([bits, bits[:MIXED_CHUNK]]).to(device)
+    _SR[1] += 1
+    offset = splitmix64(_SR[0] ^ splitmix64(_SR[1])) & ((1 << SIGN_BITS) - 1)
+    return table[offset:offset + n]
+
+
+def _round_stochastic_(dst: torch.Tensor, src: torch.Tensor) -> None:
+    """dst (bf16/fp16) ← src (fp32, overwritten) rounded up or down with probabilities that make it unbiased."""
+    u = _uniform_bits(src.device, src.numel())
+    if dst.dtype == torch.bfloat16:
+        # bf16 is the top 16 bits of fp32: add uniform bits below them, then truncate (exact at every binade)
+        bits = src.view(torch.int32)
+        bits.add_(u).bitwise_and_(-65536)
+        dst.copy_(src)
+        return
+    near = src.to(dst.dtype)  # fp16: the nearest value and its neighbour on src's side
+    side = torch.where(src > near.float(), torch.tensor(float("inf"), dtype=dst.dtype, device=dst.device),
+                       torch.tensor(float("-inf"), dtype=dst.dtype, device=dst.device))
+    other = torch.nextafter(near, side)
+    gap = (other.float() - near.float()).abs_()
+    prob = (src - near.float()).abs_().div_(gap.clamp_min_(1e-45))
+    dst.copy_(torch.where(u.float().add_(0.5).div_(65536.0) < prob, other, near))
 
 
 def add_(p: torch.Tensor, other: torch.Tensor, alpha: float = 1.0) -> None:
@@ -118,6 +179,16 @@ def addcdiv_(p: torch.Tensor, num: torch.Tensor, den: torch.Tensor, value: float
         _mixed_apply(p, lambda w, n, d: w.addcdiv_(n, d, value=value), num, den)
     else:
         p.addcdiv_(num, den, value=value)
+
+
+def scale_(p: torch.Tensor, c: float) -> None:
+    """p ← c·p in place (weight decay); rounds stochastically inside `stochastic_rounding` for bf16/fp16 p."""
+    if c == 1.0:
+        return
+    if _SR and p.dtype in (torch.bfloat16, torch.float16) and p.is_contiguous():
+        _mixed_apply(p, lambda w: w.mul_(c))
+    else:
+        p.mul_(c)
 
 
 NOISE_KINDS = ("table", "randn")
@@ -285,8 +356,13 @@ class PerturbationEngine:
             return
         g, s = noise_table(p.device, _table_dtype(p))
         flat = p.view(-1)
+        rounded = bool(_SR) and p.dtype in (torch.bfloat16, torch.float16)
         for a, b, og, os_ in _windows(p.numel(), tensor_seed(seed, index, probe, tag)):
-            flat[a:b].addcmul_(g[og:og + b - a], s[os_:os_ + b - a], value=alpha)
+            if rounded:  # z window in fp32, then the stochastically rounded add
+                zw = torch.mul(g[og:og + b - a], s[os_:os_ + b - a], out=self.work("window", b - a, p.device)[:b - a])
+                add_(flat[a:b], zw, alpha)
+            else:
+                flat[a:b].addcmul_(g[og:og + b - a], s[os_:os_ + b - a], value=alpha)
         self.regenerations += 1
 
     def draw(self, shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # Settings that change the trajectory: a resume must use the same values as the run it continues.
 # Algorithm options join them (all but NON_TRAJECTORY_OPTIONS), so a new algorithm's options are checked too.
 _TRAJECTORY_KEYS = ("model", "task", "data_dir", "data_file", "num_train", "num_dev", "train_set_seed",
-                    "max_length", "algo", "lr", "eps", "weight_decay", "noise", "batch_size", "seed", "dtype")
+                    "max_length", "algo", "lr", "eps", "weight_decay", "noise", "stochastic_rounding", "batch_size", "seed", "dtype")
 
 
 def trajectory_keys() -> tuple[str, ...]:
@@ -103,7 +103,7 @@ def prepare_output_dir(cfg: TrainConfig) -> Path | None:
 
 
 # What a key meant in runs saved before it existed (zoft 0.1 drew z with torch.randn only).
-_LEGACY = {"noise": "randn"}
+_LEGACY = {"noise": "randn", "stochastic_rounding": False}
 
 
 def _check_resume_config(cfg: TrainConfig, ckpt: Path) -> None:
@@ -191,6 +191,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     algo_cls = ALGORITHMS[cfg.algo]
     opt = algo_cls(named, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, seed=cfg.seed, noise=cfg.noise,
                    **{k: getattr(cfg, k) for k in algo_cls.config_keys})
+    opt.stochastic_rounding = cfg.stochastic_rounding
     n_trainable = sum(p.numel() for _, p in named)
 
     if cfg.overwrite and out.exists():

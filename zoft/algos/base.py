@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from zoft.perturb import PerturbationEngine, step_seed
+from zoft.perturb import PerturbationEngine, step_seed, stochastic_rounding
 
 Closure = Callable[[], "float | torch.Tensor"]
 
@@ -77,6 +77,8 @@ class ZOOptimizer(torch.optim.Optimizer):
     scratch_slots: int = 0
     #: whether a step materialises dense z (False: every pass is a fused `axpy_`, as in MeZO)
     dense_z: bool = True
+    #: round the update pass P3 stochastically for bf16/fp16 weights (`zoft.perturb.stochastic_rounding`)
+    stochastic_rounding: bool = False
     #: forward passes per step, for budgets and logs
     forwards_per_step: int = 2
     #: TrainConfig keys passed to the constructor as keyword arguments (algorithm-specific options)
@@ -234,7 +236,8 @@ class TwoPointZO(ZOOptimizer):
         loss_minus = self.evaluate(closure)
         check_finite(self, (loss_plus, loss_minus), restore=lambda: self.perturb(seed, eps))
         g = (loss_plus - loss_minus) / (2.0 * eps)       # Python float: fp64 arithmetic on the two fp32 losses
-        self._update(seed, g)                            # P3
+        with stochastic_rounding(seed, self.stochastic_rounding):
+            self._update(seed, g)                        # P3
         self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus}
         return 0.5 * (loss_plus + loss_minus)
 

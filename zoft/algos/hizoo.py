@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 
 from zoft.algos.base import Closure, ZOOptimizer, check_finite
-from zoft.perturb import addcdiv_
+from zoft.perturb import addcdiv_, scale_, stochastic_rounding
 
 _H_MIN, _H_MAX = 1e-12, 1e30
 
@@ -152,14 +152,13 @@ class HiZOO(ZOOptimizer):
         delta = loss_plus + loss_minus - 2.0 * loss0
         c = abs(delta) / (2.0 * eps * eps)
         alpha = self.current_alpha()
-        for i, p, z in self.engine.sweep(seed):                      # P3: restore, update H, step
-            group = self.hyper(i)
-            addcdiv_(p, z, self._sqrt_h(i, 0), group["eps"])         # θ_orig, with the probe's H_old
-            self._update_h(i, z, c, alpha)
-            cdec = self.decay_factor(i)
-            if cdec != 1.0:
-                p.mul_(cdec)
-            addcdiv_(p, z, self._sqrt_h(i, 0), -group["lr"] * g)     # step with H_new
+        with stochastic_rounding(seed, self.stochastic_rounding):
+            for i, p, z in self.engine.sweep(seed):                  # P3: restore, update H, step
+                group = self.hyper(i)
+                addcdiv_(p, z, self._sqrt_h(i, 0), group["eps"])     # θ_orig, with the probe's H_old
+                self._update_h(i, z, c, alpha)
+                scale_(p, self.decay_factor(i))
+                addcdiv_(p, z, self._sqrt_h(i, 0), -group["lr"] * g)  # step with H_new
         self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus, "loss0": loss0,
                      "curvature": c, "hessian_smooth": alpha}
         return loss0

@@ -33,7 +33,7 @@ import math
 import torch
 
 from zoft.algos.base import TwoPointZO, state_dtype
-from zoft.perturb import add_, addcdiv_
+from zoft.perturb import add_, addcdiv_, scale_
 
 
 class MeZO(TwoPointZO):
@@ -48,8 +48,7 @@ class MeZO(TwoPointZO):
         self.engine.count_pass()                         # P3: θ ← c·θ + (c·ε − η·g)·z
         for i, p in enumerate(self._tensors):
             c = self.decay_factor(i)
-            if c != 1.0:
-                p.mul_(c)
+            scale_(p, c)
             self.engine.axpy_(i, seed, c * self.eps - self.hyper(i)["lr"] * g)
 
 
@@ -140,8 +139,7 @@ def resolve_adam(cls, momentum: float | None, beta2: float | None, adam_eps: flo
 
 def sgd_dense_update(p: torch.Tensor, z: torch.Tensor, g: float, eps: float, lr: float, decay: float) -> None:
     """MeZO's fused P3 on one tensor: θ ← c·θ + (c·ε − η·g)·z, i.e. c·θ_orig − η·g·z from θ_cur = θ_orig − ε·z."""
-    if decay != 1.0:
-        p.mul_(decay)
+    scale_(p, decay)
     add_(p, z, decay * eps - lr * g)
 
 
@@ -158,8 +156,7 @@ def adam_dense_update(p: torch.Tensor, z: torch.Tensor, state: dict, g: float, s
     m, v = state["exp_avg"], state["exp_avg_sq"]
     bc1, bc2 = corrections
     add_(p, z, eps)
-    if decay != 1.0:
-        p.mul_(decay)
+    scale_(p, decay)
     m.mul_(group["momentum"]).add_(z, alpha=(1.0 - group["momentum"]) * g)
     v.mul_(group["beta2"]).addcmul_(z, z, value=(1.0 - group["beta2"]) * g * g)
     denom = torch.sqrt(v, out=scratch).div_(math.sqrt(bc2)).add_(group["adam_eps"])

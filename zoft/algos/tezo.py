@@ -45,7 +45,7 @@ import torch
 
 from zoft.algos.base import TwoPointZO, state_dtype
 from zoft.algos.mezo import adam_dense_update, dense_adam_state, resolve_adam, resolve_momentum, sgd_dense_update
-from zoft.perturb import MIXED_CHUNK, add_, addcdiv_, mix, tag_id, tensor_seed
+from zoft.perturb import MIXED_CHUNK, add_, addcdiv_, mix, scale_, tag_id, tensor_seed
 
 #: fp32 numbers per row block when an m×n product must exist (bf16 weights, TeZO-Adam's M̂/V̂): 16 MiB
 CHUNK_ELEMENTS = 1 << 22
@@ -226,8 +226,7 @@ class TeZO(TwoPointZO):
             ub = u[a:a + rows]
             block = torch.mm(ub, vc, out=buf[:ub.shape[0] * n].view(ub.shape[0], n))
             target = p[a:a + rows]
-            if beta != 1.0:
-                target.mul_(beta)
+            scale_(target, beta)
             add_(target, block)
 
     @torch.no_grad()
@@ -286,8 +285,7 @@ class TeZOM(TeZO):
             else:
                 z = self.engine.noise(i, seed)
                 add_(p, z, eps)
-                if c != 1.0:
-                    p.mul_(c)
+                scale_(p, c)
                 m.mul_(beta).add_(z, alpha=(1.0 - beta) * g)
                 add_(p, m, -lr)
 
