@@ -105,6 +105,8 @@ def _write(path, text):
     (["--algo", "zo-sgd-mmt", "--momentum", "-0.1"], "--momentum must lie in [0, 1)"),
     (["--algo", "tezo-adam", "--adam-eps", "0"], "--adam-eps must be > 0"),
     (["--algo", "tezo", "--tezo-factors", "disk"], "cache or regenerate"),
+    (["--noise", "uniform"], "--noise uniform: choose table or randn or philox"),
+    (["--noise", "philox", "--device", "cpu"], "--noise philox: the fused Triton kernel cannot run here"),
 ])
 def test_bad_inputs_exit_2_with_one_line(args, needle, tmp_path):
     result = runner.invoke(app, ["train", *args, "--output-dir", str(tmp_path / "o")])

@@ -5,7 +5,7 @@ seed mix(s_t, j, i, tag) (ALGORITHMS.md §1.2) and applied in place on the param
 Seeds are pure functions of integers, never of a stateful global RNG: the global torch/numpy RNGs are never
 touched, any step can be replayed from (run seed, step), and resuming needs only the step index.
 
-Two generators (`--noise`):
+Three generators (`--noise`):
 
 * ``table`` (default): z is read from a fixed noise table, the evolution-strategies trick (Salimans et al. 2017)
   made exactly Gaussian in its marginals. The table holds the 2^23 quantiles Φ⁻¹((k+½)/2^23) of N(0, 1) in a
@@ -21,6 +21,8 @@ Two generators (`--noise`):
       diagonal (a product of two table autocorrelations), so no direction is favoured beyond that;
     - memory: (2^23 + 3·2^20) entries per (device, dtype) in use, 44 MiB in fp32 and 22 MiB in bf16/fp16, built
       once per process in 0.2 s, instead of a z buffer as large as the largest tensor.
+* ``philox`` (CUDA with Triton): z made inside one fused kernel from (tensor seed, element index) and applied in
+  the same read+write of θ, many tensors per launch: no table, no z buffer (`zoft.kernels`).
 * ``randn``: z_i = `torch.randn` from a dedicated `torch.Generator` seeded with the tensor seed, into one reusable
   fp32 buffer the size of the largest trainable tensor: exactly N(0, I), the reference, 10-20x slower on CPU.
 
@@ -191,7 +193,7 @@ def scale_(p: torch.Tensor, c: float) -> None:
         p.mul_(c)
 
 
-NOISE_KINDS = ("table", "randn")
+NOISE_KINDS = ("table", "randn", "philox")
 TABLE_BITS = 23   # Gaussian quantiles in the table: 2^23 (32 MiB in fp32)
 SIGN_BITS = 20    # random signs: 2^20
 WINDOW_BITS = 20  # elements per window, each with its own pair of offsets
@@ -282,6 +284,12 @@ class PerturbationEngine:
             raise ValueError("no trainable parameters to perturb")
         if noise not in NOISE_KINDS:
             raise ValueError(f"noise must be one of {', '.join(NOISE_KINDS)}, got {noise!r}")
+        if noise == "philox":
+            from zoft import kernels
+
+            for p in self.params:
+                if not kernels.available(p.device):
+                    raise ValueError(f"noise 'philox' cannot run on {p.device}: {kernels.unavailable_reason()}")
         self.kind = noise
         self._generators: dict[torch.device, torch.Generator] = {}
         self._buffers: dict[torch.device, torch.Tensor] = {}
@@ -335,7 +343,11 @@ class PerturbationEngine:
         p = self.params[index]
         z = self._buffer(p.device, p.numel())[: p.numel()]
         ts = tensor_seed(seed, index, probe, tag)
-        if self._tabled(p):
+        if self.kind == "philox":
+            from zoft import kernels
+
+            kernels.launch([z], [ts], write_z=True)
+        elif self._tabled(p):
             g, s = noise_table(p.device, _table_dtype(p))
             for a, b, og, os_ in _windows(p.numel(), ts):
                 torch.mul(g[og:og + b - a], s[os_:os_ + b - a], out=z[a:b])  # exact: ±1 times a table value
@@ -351,6 +363,12 @@ class PerturbationEngine:
         """θ_i ← θ_i + α·z_i in place. With the table this is one `addcmul_` per window on the parameter's own
         dtype, rounding once (θ + α·g·s is formed in fp32 by torch's half-precision kernels): no z is written."""
         p = self.params[index]
+        if self._fused_kernel(p):
+            from zoft import kernels
+
+            kernels.launch([p], [tensor_seed(seed, index, probe, tag)], [alpha])
+            self.regenerations += 1
+            return
         if not (self._tabled(p) and p.is_contiguous()):
             add_(p, self.noise(index, seed, probe, tag), alpha)
             return
@@ -385,9 +403,30 @@ class PerturbationEngine:
     @torch.no_grad()
     def add_(self, seed: int, alpha: float, probe: int = 0) -> None:
         """θ ← θ + α·z in place (one pass)."""
+        self.axpy_all_(seed, [alpha] * len(self.params), probe=probe)
+
+    @torch.no_grad()
+    def axpy_all_(self, seed: int, coefs: Sequence[float], decays: Sequence[float] | None = None,
+                  probe: int = 0) -> None:
+        """θ_i ← decay_i·θ_i + coef_i·z_i for every tensor (one pass): one kernel launch per (device, dtype)
+        with the philox generator, fused windows with the table."""
         self.passes += 1
-        for i in range(len(self.params)):
-            self.axpy_(i, seed, alpha, probe)
+        decays = [1.0] * len(self.params) if decays is None else decays
+        if self.kind == "philox" and all(self._fused_kernel(p) for p in self.params):
+            from zoft import kernels
+
+            kernels.launch(self.params, [tensor_seed(seed, i, probe) for i in range(len(self.params))], coefs, decays)
+            self.regenerations += len(self.params)
+            return
+        for i, p in enumerate(self.params):
+            scale_(p, decays[i])
+            self.axpy_(i, seed, coefs[i], probe)
+
+    def _fused_kernel(self, p: torch.Tensor) -> bool:
+        """Whether the philox kernel applies the update itself (not under stochastic rounding of half weights,
+        which goes through the fp32 chunk path)."""
+        return (self.kind == "philox" and p.is_contiguous()
+                and not (_SR and p.dtype in (torch.bfloat16, torch.float16)))
 
     def max_buffer_bytes(self) -> int:
         """One fp32 buffer the size of the largest tensor per device: the z buffer of `noise`, or a scratch slot."""
@@ -406,7 +445,8 @@ class PerturbationEngine:
         params = [self.params[i] for i in (range(len(self.params)) if indices is None else indices)]
         tabled = [p for p in params if self._tabled(p)]
         tables = sum(table_bytes(dt) for _, dt in {(p.device, _table_dtype(p)) for p in tabled})
-        buffered = params if dense_z else [p for p in params if not (self._tabled(p) and p.is_contiguous())]
+        buffered = params if dense_z else [p for p in params if not (self._tabled(p) and p.is_contiguous())
+                                                          and not self._fused_kernel(p)]
         per_device: dict[torch.device, int] = {}
         for p in buffered:
             per_device[p.device] = max(per_device.get(p.device, 0), p.numel())

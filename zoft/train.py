@@ -171,7 +171,13 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     out = Path(cfg.output_dir)
     task = build_task(cfg)  # custom tasks validate their files here, before any model loads
     resume_from = prepare_output_dir(cfg)
-    resolve_device(cfg.device)  # fail on --device cuda without a GPU before reading any data
+    device = resolve_device(cfg.device)  # fail on --device cuda without a GPU before reading any data
+    if cfg.noise == "philox":
+        from zoft import kernels
+
+        if not kernels.available(device):
+            raise ConfigError(f"--noise philox: the fused Triton kernel cannot run here: "
+                              f"{kernels.unavailable_reason()}; use --noise table")
     resolve_model_path(cfg.model, convert=False)  # cheap checks of --model before reading any data
     splits = load_splits(task, cfg.data_dir, num_train=cfg.num_train, num_dev=cfg.num_dev,
                          num_eval=cfg.num_eval, seed=cfg.train_set_seed)

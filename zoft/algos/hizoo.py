@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 
 from zoft.algos.base import Closure, ZOOptimizer, check_finite
-from zoft.perturb import addcdiv_, scale_, stochastic_rounding
+from zoft.perturb import addcdiv_, scale_, stochastic_rounding, tensor_seed
 
 _H_MIN, _H_MAX = 1e-12, 1e30
 
@@ -136,7 +136,14 @@ class HiZOO(ZOOptimizer):
 
     @torch.no_grad()
     def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
-        """θ += scale·z/√H (one pass)."""
+        """θ += scale·z/√H (one pass; with the philox kernel, H is read in the same fused pass)."""
+        if type(self) is HiZOO and all(self.engine._fused_kernel(p) for p in self._tensors):
+            from zoft import kernels
+
+            self.engine.count_pass()
+            kernels.launch(self._tensors, [tensor_seed(seed, i, probe) for i in range(len(self._tensors))],
+                           [scale] * len(self._tensors), hessians=[self.state[p]["hessian"] for p in self._tensors])
+            return
         for i, p, z in self.engine.sweep(seed, probe):
             addcdiv_(p, z, self._sqrt_h(i, 0), scale)
 

@@ -45,11 +45,8 @@ class MeZO(TwoPointZO):
     dense_z = False  # every pass is a fused θ ← θ + α·z: no z buffer
 
     def _update(self, seed: int, g: float) -> None:
-        self.engine.count_pass()                         # P3: θ ← c·θ + (c·ε − η·g)·z
-        for i, p in enumerate(self._tensors):
-            c = self.decay_factor(i)
-            scale_(p, c)
-            self.engine.axpy_(i, seed, c * self.eps - self.hyper(i)["lr"] * g)
+        decays = [self.decay_factor(i) for i in range(len(self._tensors))]   # P3: θ ← c·θ + (c·ε − η·g)·z
+        self.engine.axpy_all_(seed, [c * self.eps - self.hyper(i)["lr"] * g for i, c in enumerate(decays)], decays)
 
 
 class ZOSGDMomentum(TwoPointZO):
