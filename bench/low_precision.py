@@ -5,7 +5,8 @@ Two measurements, printed as tables and one JSON line:
 1. Drift of perturb/restore cycles. A MeZO step with g = 0 is a pure cycle (+εz, −2εz, +εz); in exact arithmetic
    it leaves θ unchanged. In bf16/fp16 each pass rounds, so θ random-walks. After 1, 10 and 100 cycles this reports
    the fraction of weights that differ from their start, the RMS drift relative to the weights' RMS, and the
-   largest change, with the update pass rounded to nearest and stochastically (`--stochastic-rounding`).
+   largest change, with the update pass rounded to nearest and stochastically (`--stochastic-rounding`), and for
+   bf16 with `--exact-bf16` (16-bit residuals: every pass is fp32 arithmetic; the bf16 half is what is compared).
 2. Updates lost to rounding. For MeZO's update −η·g·z with η ∈ {1e-6, 1e-7} and |g| = 3 (the median projected
    gradient of a SmolLM2 SST-2 run at ε = 1e-3), the fraction of weights whose value the update leaves
    unchanged when rounded to nearest, and the fraction of the update's total magnitude that survives on average
@@ -27,7 +28,7 @@ import torch  # noqa: E402
 
 from zoft.algos import MeZO  # noqa: E402
 from zoft.models import load_model  # noqa: E402
-from zoft.perturb import PerturbationEngine, add_, step_seed, stochastic_rounding  # noqa: E402
+from zoft.perturb import PerturbationEngine, add_, drop_residuals, step_seed, stochastic_rounding  # noqa: E402
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -41,10 +42,12 @@ def drift(start: list[torch.Tensor], now: list[torch.Tensor]) -> dict[str, float
     return {"changed": changed / total, "rms_rel": (sq / ref) ** 0.5, "max_abs": biggest}
 
 
-def cycles(weights: list[torch.Tensor], n: int, eps: float, sr: bool) -> list[dict]:
+def cycles(weights: list[torch.Tensor], n: int, eps: float, update: str) -> list[dict]:
     params = [torch.nn.Parameter(w.clone(), requires_grad=False) for w in weights]
     opt = MeZO(params, lr=1e-6, eps=eps)
-    opt.stochastic_rounding = sr
+    opt.stochastic_rounding = update == "stochastic"
+    if update == "exact":
+        opt.keep_residuals()
     rows = []
     for k in range(1, n + 1):
         opt.step(lambda: 0.0)  # L+ = L− → g = 0: +εz, −2εz, then the fused restore (+εz)
@@ -87,12 +90,12 @@ def main() -> None:
               "lost": []}
     for name, dtype in DTYPES.items():
         weights = [w.to(dtype) for w in fp32]
-        for sr in (False, True):
+        for update in ("nearest", "stochastic", "exact") if dtype == torch.bfloat16 else ("nearest", "stochastic"):
             t = time.perf_counter()
-            for row in cycles(weights, args.cycles, args.eps, sr):
-                result["drift"].append({"dtype": name, "rounding": "stochastic" if sr else "nearest", **row})
-            print(f"{name} {'stochastic' if sr else 'nearest'}: {args.cycles} cycles in "
-                  f"{time.perf_counter() - t:.0f} s", flush=True)
+            for row in cycles(weights, args.cycles, args.eps, update):
+                result["drift"].append({"dtype": name, "rounding": update, **row})
+            drop_residuals()
+            print(f"{name} {update}: {args.cycles} cycles in {time.perf_counter() - t:.0f} s", flush=True)
         for lr in (1e-6, 1e-7):
             result["lost"].append({"dtype": name, **lost_updates(weights, lr, 3.0)})
         del weights

@@ -106,6 +106,9 @@ def _write(path, text):
     (["--algo", "tezo-adam", "--adam-eps", "0"], "--adam-eps must be > 0"),
     (["--algo", "tezo", "--tezo-factors", "disk"], "cache or regenerate"),
     (["--noise", "uniform"], "--noise uniform: choose table or randn or philox"),
+    (["--exact-bf16", "--stochastic-rounding"], "contradict"),
+    (["--exact-bf16", "--dtype", "float32"], "--exact-bf16 applies to bfloat16 weights"),
+    (["--exact-bf16", "--device", "cpu"], "--exact-bf16 applies to bfloat16 weights"),
     (["--noise", "philox", "--device", "cpu"], "--noise philox: the fused Triton kernel cannot run here"),
 ])
 def test_bad_inputs_exit_2_with_one_line(args, needle, tmp_path):

@@ -242,3 +242,60 @@ def test_fused_table_axpy_rounds_stochastically_like_add():
         add_(plain, PerturbationEngine([plain]).noise(0, seed), 1e-4)
     assert torch.equal(fused, plain)
     assert (fused != p0).float().mean() > 0.005  # some of the sub-ulp updates survive
+
+
+# -- exact bf16 ------------------------------------------------------------------------------------------------
+def test_split_and_join_are_exact_and_the_bf16_half_is_nearest():
+    from zoft.perturb import _join, _split
+
+    x = torch.randn(1 << 18, generator=torch.Generator().manual_seed(0)) * torch.logspace(-6, 4, 1 << 18)
+    hi, lo = torch.empty(x.shape, dtype=torch.bfloat16), torch.empty(x.shape, dtype=torch.int16)
+    _split(x.clone(), hi, lo)
+    back = torch.empty_like(x)
+    _join(back, hi, lo)
+    assert torch.equal(back, x)
+    assert (hi != x.bfloat16()).float().mean() < 1e-4  # differs from torch's rounding only at ties
+
+
+@pytest.mark.parametrize("algo", ["mezo", "zo-adam", "hizoo", "tezo-adam"])
+def test_exact_bf16_follows_the_fp32_trajectory_bitwise(algo):
+    from zoft.algos import ALGORITHMS
+    from zoft.perturb import drop_residuals, master_fp32
+
+    gen = torch.Generator().manual_seed(0)
+    w0 = torch.randn(300, 256, generator=gen).bfloat16()  # 76 800 elements: table-drawn z
+    b0 = torch.randn(256, generator=gen).bfloat16()
+    target = torch.randn(300, 256, generator=gen)
+    opts = {"tezo-adam": {"rank": 4}}.get(algo, {})
+    runs = {}
+    for mode in ("fp32", "exact"):
+        w = torch.nn.Parameter(w0.float() if mode == "fp32" else w0.clone(), requires_grad=False)
+        b = torch.nn.Parameter(b0.float() if mode == "fp32" else b0.clone(), requires_grad=False)
+        opt = ALGORITHMS[algo]([("w", w), ("b.bias", b)], lr=1e-3, eps=1e-2, weight_decay=0.1, **opts)
+        if mode == "exact":
+            opt.keep_residuals()
+
+        def loss():  # evaluated on the fp32 value in both runs, so both see the same losses
+            return float(((master_fp32(w) if mode == "exact" else w) - target).pow(2).mean())
+
+        for _ in range(4):
+            opt.step(loss)
+        runs[mode] = [master_fp32(t) if mode == "exact" else t.detach().clone() for t in (w, b)]
+        drop_residuals()
+    assert all(torch.equal(a, b) for a, b in zip(runs["fp32"], runs["exact"]))
+
+
+def test_exact_bf16_state_survives_a_checkpoint_round_trip():
+    from zoft.algos import ALGORITHMS
+    from zoft.perturb import drop_residuals
+
+    p = torch.nn.Parameter(torch.randn(70_000).bfloat16(), requires_grad=False)
+    opt = ALGORITHMS["mezo"]([p], lr=1e-3, eps=1e-2)
+    opt.keep_residuals()
+    opt.step(lambda: float(p.float().sum()))
+    sd = opt.state_dict()
+    assert opt.residual_bytes() == 2 * 70_000 and sd["zo"]["residuals"][0].abs().sum() > 0
+    other = ALGORITHMS["mezo"]([p], lr=1e-3, eps=1e-2)
+    with pytest.raises(ValueError, match="--exact-bf16"):
+        other.load_state_dict(sd)
+    drop_residuals()

@@ -195,3 +195,23 @@ def test_stochastic_rounding_run_is_recorded_reproducible_and_keeps_sub_ulp_upda
     sr1, sr2, rn = (_weights(tmp_path / n / "final") for n in ("sr1", "sr2", "rn"))
     assert all(torch.equal(sr1[k], sr2[k]) for k in sr1)  # seeded: the same run twice is bitwise equal
     assert any(not torch.equal(sr1[k], rn[k]) for k in sr1)
+
+
+def test_exact_bf16_run_resumes_bitwise_and_keeps_its_residuals(tiny_model_dir, tmp_path):
+    from zoft.checkpoint import load_optimizer_state
+
+    common = ("--eval-every", "0", "--dtype", "bfloat16", "--exact-bf16", "--lr", "1e-4")
+    assert invoke(train_args(tiny_model_dir, tmp_path / "a", "--steps", "6", *common)).exit_code == 0
+    first = invoke(train_args(tiny_model_dir, tmp_path / "b", "--steps", "3", "--save-every", "3", *common))
+    assert first.exit_code == 0, first.output
+    saved = load_optimizer_state(tmp_path / "b" / "final")["zo"]["residuals"]  # step 3, resumed below
+    assert saved and any(r.abs().sum() > 0 for r in saved.values())
+    again = invoke(train_args(tiny_model_dir, tmp_path / "b", "--steps", "6", "--resume", "--save-every", "3",
+                              *common))
+    assert again.exit_code == 0, again.output
+    a, b = _weights(tmp_path / "a" / "final"), _weights(tmp_path / "b" / "final")
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    # resuming without the flag is refused: the residuals would be lost
+    lost = invoke(train_args(tiny_model_dir, tmp_path / "b", "--steps", "9", "--resume", "--eval-every", "0",
+                             "--dtype", "bfloat16", "--lr", "1e-4", "--save-every", "3"))
+    assert lost.exit_code == 2 and "exact_bf16" in lost.output

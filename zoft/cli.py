@@ -162,6 +162,11 @@ def train(
                                                       "(most of MeZO's in bf16) survive in expectation; "
                                                       "bfloat16/float16 weights only (no effect in float32).",
                                                       rich_help_panel=Z)] = False,
+    exact_bf16: Annotated[bool, typer.Option("--exact-bf16", help="Keep the 16 bits that fp32 has beyond "
+                                             "bf16 beside each bf16 weight (+2 bytes/weight): every pass is exact "
+                                             "fp32 arithmetic while forwards run in bf16. Without it bf16 weights "
+                                             "random-walk: 3.8 %% RMS after 100 perturb/restore cycles on "
+                                             "SmolLM2.", rich_help_panel=Z)] = False,
     hessian_smooth: Annotated[Optional[float], typer.Option(help="HiZOO: EMA coefficient α of the diagonal "
                                                             "Hessian H.", show_default="1e-6",
                                                             rich_help_panel=Z)] = None,
@@ -242,12 +247,13 @@ def train(
     """
     overrides: dict[str, Any] = {k: v for k, v in locals().items()
                                  if k not in ("recipe", "as_json", "overwrite", "resume", "allow_degenerate",
-                                              "stochastic_rounding")}
+                                              "stochastic_rounding", "exact_bf16")}
     overrides = {k: (v.value if isinstance(v, Enum) else v) for k, v in overrides.items()}
     overrides["overwrite"] = overwrite or None
     overrides["resume"] = resume or None
     overrides["allow_degenerate"] = allow_degenerate or None
     overrides["stochastic_rounding"] = stochastic_rounding or None
+    overrides["exact_bf16"] = exact_bf16 or None
     from zoft.config import resolve
 
     try:

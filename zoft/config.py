@@ -54,6 +54,7 @@ class TrainConfig:
     weight_decay: float = 0.0
     noise: str = "table"                # z generator: table (seeded noise-table windows) or randn (torch.randn)
     stochastic_rounding: bool = False   # round the update pass stochastically (bf16/fp16 weights only)
+    exact_bf16: bool = False            # bf16 weights + 16-bit residuals: the fp32 trajectory, bf16 forwards
     hessian_smooth: float | None = None  # HiZOO α (EMA of H); None → 1e-6
     hessian_schedule: str | None = None  # HiZOO piecewise-constant α by step, "0:1e-4,2000:1e-6"
     hessian_estimator: str = "code"     # HiZOO curvature sample: code (c·H·z², released code) or paper
@@ -189,6 +190,12 @@ def validate(cfg: TrainConfig) -> None:
     _validate_algorithm_options(cfg)
     from zoft.perturb import NOISE_KINDS
 
+    if cfg.exact_bf16 and cfg.stochastic_rounding:
+        raise ConfigError("--exact-bf16 and --stochastic-rounding contradict each other: exact updates need no "
+                          "rounding; keep one")
+    if cfg.exact_bf16 and cfg.dtype not in ("bfloat16", "auto"):
+        raise ConfigError(f"--exact-bf16 applies to bfloat16 weights, not --dtype {cfg.dtype}; pass "
+                          "--dtype bfloat16")
     if cfg.noise not in NOISE_KINDS:
         raise ConfigError(f"--noise {cfg.noise}: choose {' or '.join(NOISE_KINDS)}")
     if cfg.hessian_estimator not in ("code", "paper"):

@@ -37,7 +37,7 @@ log = logging.getLogger(__name__)
 # Settings that change the trajectory: a resume must use the same values as the run it continues.
 # Algorithm options join them (all but NON_TRAJECTORY_OPTIONS), so a new algorithm's options are checked too.
 _TRAJECTORY_KEYS = ("model", "task", "data_dir", "data_file", "num_train", "num_dev", "train_set_seed",
-                    "max_length", "algo", "lr", "eps", "weight_decay", "noise", "stochastic_rounding", "batch_size", "seed", "dtype")
+                    "max_length", "algo", "lr", "eps", "weight_decay", "noise", "stochastic_rounding", "exact_bf16", "batch_size", "seed", "dtype")
 
 
 def trajectory_keys() -> tuple[str, ...]:
@@ -103,7 +103,7 @@ def prepare_output_dir(cfg: TrainConfig) -> Path | None:
 
 
 # What a key meant in runs saved before it existed (zoft 0.1 drew z with torch.randn only).
-_LEGACY = {"noise": "randn", "stochastic_rounding": False}
+_LEGACY = {"noise": "randn", "stochastic_rounding": False, "exact_bf16": False}
 
 
 def _check_resume_config(cfg: TrainConfig, ckpt: Path) -> None:
@@ -162,7 +162,7 @@ class _Metrics:
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run a ZO fine-tune as configured; returns the run summary (also written to summary.json)."""
-    from zoft.models import load_model, resolve_device, resolve_model_path
+    from zoft.models import load_model, resolve_device, resolve_dtype, resolve_model_path
     from zoft.tasks import load_splits
     from zoft.plot import plot_metrics
 
@@ -172,6 +172,10 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     task = build_task(cfg)  # custom tasks validate their files here, before any model loads
     resume_from = prepare_output_dir(cfg)
     device = resolve_device(cfg.device)  # fail on --device cuda without a GPU before reading any data
+    if cfg.exact_bf16 and resolve_dtype(cfg.dtype, device) != torch.bfloat16:
+        raise ConfigError(f"--exact-bf16 applies to bfloat16 weights, and --dtype {cfg.dtype} means "
+                          f"{str(resolve_dtype(cfg.dtype, device)).removeprefix('torch.')} on {device.type}; "
+                          "pass --dtype bfloat16")
     if cfg.noise == "philox":
         from zoft import kernels
 
@@ -198,6 +202,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     opt = algo_cls(named, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, seed=cfg.seed, noise=cfg.noise,
                    **{k: getattr(cfg, k) for k in algo_cls.config_keys})
     opt.stochastic_rounding = cfg.stochastic_rounding
+    if cfg.exact_bf16:
+        opt.keep_residuals()
     n_trainable = sum(p.numel() for _, p in named)
 
     if cfg.overwrite and out.exists():
@@ -218,7 +224,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     if resume_from is None:
         metrics.write({"event": "start", "step": 0, "zoft": __version__, "model_path": model_path,
                        "algo": cfg.algo, "trainable_params": n_trainable, "state_bytes": opt.state_bytes(),
-                       "state_breakdown": opt.state_breakdown(),
+                       "state_breakdown": opt.state_breakdown(), "residual_bytes": opt.residual_bytes(),
                        "dtype": str(next(model.parameters()).dtype), "device": str(device),
                        "data": splits.source})
     reporter.info(f"{cfg.algo} on {n_trainable:,} trainable params ({model_path}), "
@@ -311,7 +317,8 @@ def _state_text(opt) -> str:
     """'12,345 B (factors 12,000 B, moments 345 B)': the persistent state a run holds beyond the weights."""
     parts = opt.state_breakdown()
     detail = f" ({', '.join(f'{k} {v:,} B' for k, v in parts.items())})" if len(parts) > 1 else ""
-    return f"{opt.state_bytes():,} B{detail}"
+    residuals = f", exact-bf16 residuals {opt.residual_bytes():,} B" if opt.residuals else ""
+    return f"{opt.state_bytes():,} B{detail}{residuals}"
 
 
 def _final_eval(cfg: TrainConfig, state: dict[str, Any], model, eval_enc: list[Encoded], pad: int,

@@ -111,6 +111,7 @@ class ZOOptimizer(torch.optim.Optimizer):
                 self._group_index.append(gi)
                 self._decay.append(decays(name, p))
         self.engine = PerturbationEngine(self._tensors, noise=noise)
+        self.residuals: dict[int, torch.Tensor] = {}  # exact bf16: int16 low halves of the fp32 weights
         self.last: dict[str, float] = {}  # scalars of the last step (projected_grad, loss_plus, ...) for logging
 
     # -- helpers for subclasses ---------------------------------------------------------------------------
@@ -166,9 +167,22 @@ class ZOOptimizer(torch.optim.Optimizer):
         fp32 chunk buffer of mixed-dtype in-place updates."""
         from zoft.perturb import MIXED_CHUNK
 
-        mixed = self.dense_z and any(p.dtype not in (torch.float32, torch.float64) for p in self._tensors)
+        mixed = ((self.dense_z or self.residuals or self.stochastic_rounding)
+                 and any(p.dtype not in (torch.float32, torch.float64) for p in self._tensors))
         return (self.engine.pass_bytes(self.dense_z) + self.engine.max_buffer_bytes() * self.scratch_slots
-                + (4 * MIXED_CHUNK if mixed else 0))
+                + (4 * MIXED_CHUNK * (2 if self.residuals else 1) if mixed else 0))
+
+    def keep_residuals(self) -> None:
+        """Exact bf16: keep beside every bf16 weight the 16 bits its fp32 value has beyond bf16 (2 bytes per
+        weight), so that every pass is exact fp32 arithmetic while the forwards read bf16 (`zoft.perturb`)."""
+        from zoft.perturb import keep_residual
+
+        self.residuals = {i: keep_residual(p) for i, p in enumerate(self._tensors) if p.dtype == torch.bfloat16}
+        if not self.residuals:
+            raise ValueError("exact bf16 needs bfloat16 weights")
+
+    def residual_bytes(self) -> int:
+        return sum(r.numel() * r.element_size() for r in self.residuals.values())
 
     def state_breakdown(self) -> dict[str, int]:
         """Persistent state in bytes by kind (e.g. moments, Hessian, cached factors), for logs and `zoft list`."""
@@ -184,7 +198,7 @@ class ZOOptimizer(torch.optim.Optimizer):
     def state_dict(self) -> dict[str, Any]:
         sd = super().state_dict()
         sd["zo"] = {"t": self.t, "seed": self.seed, "forwards": self.forwards, "algo": type(self).__name__,
-                    "extra": self._extra_state()}
+                    "extra": self._extra_state(), "residuals": self.residuals}
         return sd
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
@@ -203,6 +217,12 @@ class ZOOptimizer(torch.optim.Optimizer):
                 if isinstance(value, torch.Tensor):
                     self.state[p][key] = value.detach().to(device=p.device, copy=True)
         self.t, self.seed, self.forwards = int(zo["t"]), int(zo["seed"]), int(zo["forwards"])
+        residuals = zo.get("residuals") or {}
+        if set(residuals) != set(self.residuals):
+            raise ValueError("optimizer state was saved with" + ("" if residuals else "out")
+                             + " exact-bf16 residuals; resume with the same --exact-bf16 setting")
+        for i, r in residuals.items():
+            self.residuals[i].copy_(r)
         self._load_extra_state(zo.get("extra", {}))
 
 
