@@ -12,7 +12,10 @@ Two measurements, printed as tables and one JSON line:
    unchanged when rounded to nearest, and the fraction of the update's total magnitude that survives on average
    with nearest and with stochastic rounding.
 
-Usage: python bench/low_precision.py [--cycles 100] [--eps 1e-3]
+3. With --loss-cycles N, what the drift does to the model: the SST-2 loss of 64 training examples before and after
+   N pure perturb/restore cycles of the bf16 model, rounded to nearest and with --exact-bf16.
+
+Usage: python bench/low_precision.py [--cycles 100] [--eps 1e-3] [--loss-cycles 1000]
 """
 
 from __future__ import annotations
@@ -79,11 +82,43 @@ def lost_updates(weights: list[torch.Tensor], lr: float, g: float) -> dict[str, 
             "kept_stochastic": kept_sr / wanted}
 
 
+def loss_drift(n: int, eps: float) -> None:
+    from zoft.algos import trainable_parameters
+    from zoft.scoring import classification_loss, collate, encode_examples
+    from zoft.tasks import get_task, load_splits
+
+    rows = []
+    for update in ("nearest", "exact"):
+        model, tok, _ = load_model("smollm2-135m", "bfloat16", "cpu")
+        splits = load_splits(get_task("sst2"), "builtin", num_train=64, num_dev=0, num_eval=1)
+        batch = [collate(encode_examples(tok, splits.train), tok.pad_token_id)]
+
+        def loss() -> float:
+            with torch.inference_mode():
+                return float(classification_loss(model, batch))
+
+        opt = MeZO(trainable_parameters(model), lr=1e-6, eps=eps)
+        if update == "exact":
+            opt.keep_residuals()
+        row = {"update": update, "loss_before": loss()}
+        for k in range(1, n + 1):
+            opt.step(lambda: 0.0)
+            if k in (10, 100, n):
+                row[f"loss_after_{k}"] = loss()
+        drop_residuals()
+        rows.append(row)
+        print(row, flush=True)
+    print(json.dumps({"model": "SmolLM2-135M bf16", "eps": eps, "cycles": n, "rows": rows}))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--cycles", type=int, default=100)
     ap.add_argument("--eps", type=float, default=1e-3)
+    ap.add_argument("--loss-cycles", type=int, default=0, help="also measure the loss change after N cycles")
     args = ap.parse_args()
+    if args.loss_cycles:
+        return loss_drift(args.loss_cycles, args.eps)
     model, _, _ = load_model("smollm2-135m", "float32", "cpu")
     fp32 = [p.detach() for _, p in sorted(model.named_parameters())]
     result = {"model": "SmolLM2-135M", "params": sum(w.numel() for w in fp32), "eps": args.eps, "drift": [],

@@ -19,7 +19,7 @@ each of 4 sweeps, z = torch.normal(...) in the parameter dtype per tensor, param
 (`param.data = param.data + ...`) instead of updated in place, one row per candidate and logits over the whole
 sequence × vocabulary with a full log-softmax. It prints zoft's speedup over it.
 
-Usage: python bench/step_time.py [--algo NAME|all] [--dtype bfloat16|float32] [--noise table|randn]
+Usage: python bench/step_time.py [--algo NAME|all] [--dtype bfloat16|float32] [--noise table|randn] [--exact-bf16]
        [--batch-size 16] [--repeats 5] [--threads N] [--compare-reference]
        (`all` runs each algorithm in its own process so peaks do not mix)
 """
@@ -122,6 +122,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--noise", default="table", choices=["table", "randn"], help="z generator (zoft.perturb)")
+    ap.add_argument("--exact-bf16", action="store_true", help="bf16 weights with 16-bit residuals")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--compare-reference", action="store_true", help="also time the published MeZO step")
     args = ap.parse_args()
@@ -144,19 +145,22 @@ def main() -> None:
     peak_rss_reset()
     base_rss = peak_rss_bytes()  # weights + one forward's working set already touched
     opt = ALGORITHMS[args.algo](trainable_parameters(model), eps=1e-3, noise=args.noise)  # default lr
+    if args.exact_bf16:
+        opt.keep_residuals()
     t_forward, t_pass, t_step = interleaved([forward, lambda: opt.perturb(step_seed(0, 0), 0.0),
                                              lambda: opt.step(lambda: classification_loss(model, batch))],
                                             args.repeats)
     peak = peak_rss_bytes()
     k = opt.forwards_per_step
     tokens = int(batch[0].attention_mask.sum())
-    result = {"model": "SmolLM2-135M", "algo": args.algo, "dtype": args.dtype, "noise": args.noise, "batch_examples": args.batch_size,
+    result = {"model": "SmolLM2-135M", "algo": args.algo, "dtype": args.dtype, "noise": args.noise,
+              "exact_bf16": args.exact_bf16, "batch_examples": args.batch_size,
               "rows": int(batch[0].input_ids.shape[0]), "tokens": tokens, "threads": torch.get_num_threads(),
               "forward_s": round(t_forward, 4), "pass_s": round(t_pass, 4), "step_s": round(t_step, 4),
               "forwards_per_step": k, "ratio_step_over_forwards": round(t_step / (k * t_forward), 3),
               "peak_rss_bytes": peak, "rss_before_optimizer_bytes": base_rss, "extra_peak_bytes": peak - base_rss,
               "state_bytes": opt.state_bytes(), "state_breakdown": opt.state_breakdown()}
-    print(f"SmolLM2-135M {args.dtype}, {args.algo}, noise {args.noise}, batch {args.batch_size} examples ({result['rows']} rows, "
+    print(f"SmolLM2-135M {args.dtype}{' exact' if args.exact_bf16 else ''}, {args.algo}, noise {args.noise}, batch {args.batch_size} examples ({result['rows']} rows, "
           f"{tokens} tokens), {result['threads']} threads")
     print(f"  forward      {t_forward:.3f} s")
     print(f"  pass         {t_pass:.3f} s   (one perturbation of {sum(p.numel() for p in opt.engine.params):,} "

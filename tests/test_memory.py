@@ -58,7 +58,26 @@ def test_cli_table_json_and_fit_verdict(tiny_model_dirs):
     assert data["total"] == sum(data["components"].values())
 
 
+def test_generator_and_exact_bf16_change_the_estimate_as_documented(tiny_model_dirs):
+    from zoft.perturb import table_bytes
+
+    path = str(tiny_model_dirs["llama"])
+    params = estimate(MemoryRequest(model=path))["trainable_params"]
+    table = estimate(MemoryRequest(model=path, algo="mezo"))
+    philox = estimate(MemoryRequest(model=path, algo="mezo", noise="philox"))
+    randn = estimate(MemoryRequest(model=path, algo="mezo", noise="randn"))
+    exact = estimate(MemoryRequest(model=path, algo="mezo", exact_bf16=True))
+    temps = lambda r: r["components"]["step temporaries"]  # noqa: E731
+    assert temps(philox) == 0 < temps(randn)  # no table, no z buffer: the fused kernel's promise
+    assert exact["components"]["exact-bf16 residuals"] == 2 * params
+    assert exact["total"] > table["total"] + 2 * params - 1
+    # the tiny model's tensors are all under TABLE_MIN: they draw with torch.randn, and no table is counted
+    assert 0 < temps(table) == temps(randn) < table_bytes(torch.bfloat16)
+
+
 @pytest.mark.parametrize("args,needle", [
+    (["--exact-bf16", "--dtype", "float32"], "--exact-bf16 applies to bfloat16"),
+    (["--noise", "gauss"], "--noise gauss"),
     (["--algo", "adamzo"], "--algo adamzo"),
     (["--mode", "lora"], "--mode lora"),
     (["--gpu-memory", "lots"], "--gpu-memory"),

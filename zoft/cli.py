@@ -368,6 +368,11 @@ def estimate_memory_cmd(
     gpu_memory: Annotated[Optional[str], typer.Option(help="Memory of the target device, e.g. 80GB: says "
                                                       "whether the run fits.", show_default=False,
                                                       rich_help_panel=HW)] = None,
+    noise: Annotated[str, typer.Option(help="z generator of the run: table (44 MiB fp32 / 22 MiB bf16 of "
+                                       "tables), philox (none) or randn (a z buffer as large as the largest "
+                                       "tensor).", rich_help_panel=Z)] = "table",
+    exact_bf16: Annotated[bool, typer.Option("--exact-bf16", help="Count 16-bit residuals for bf16 weights "
+                                             "(2 bytes per weight).", rich_help_panel=Z)] = False,
     as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
 ) -> None:
     """Estimate the memory of a ZO run before launch, next to first-order AdamW fine-tuning.
@@ -383,7 +388,8 @@ def estimate_memory_cmd(
         device = Device.cuda if torch.cuda.is_available() else Device.cpu
     dt = dtype.value if dtype != Dtype.auto else ("bfloat16" if device != Device.cpu else "float32")
     req = MemoryRequest(model=model, algo=algo, mode=mode, dtype=dt, device=device.value, batch_size=batch_size,
-                        rows_per_example=rows_per_example, seq_len=seq_len, gpu_memory=gpu_memory)
+                        rows_per_example=rows_per_example, seq_len=seq_len, gpu_memory=gpu_memory, noise=noise,
+                        exact_bf16=exact_bf16)
     result = _guarded(estimate, req)
     if as_json:
         out.print_json(json.dumps(result))
@@ -399,6 +405,8 @@ def estimate_memory_cmd(
     table.add_row("weights", gib(result["components"]["weights"]), gib(fo["weights"]))
     table.add_row("optimizer state", gib(result["components"]["optimizer state"]),
                   gib(fo["adam moments"]) + " (moments)")
+    if "exact-bf16 residuals" in result["components"]:
+        table.add_row("exact-bf16 residuals", gib(result["components"]["exact-bf16 residuals"]), "—")
     table.add_row("gradients", "—", gib(fo["gradients"]))
     table.add_row("step temporaries", gib(result["components"]["step temporaries"]), "—")
     table.add_row("activations", gib(result["components"]["activations"]), gib(fo["activations"]) + " (saved)")

@@ -37,6 +37,16 @@ DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 #: SmolLM2-135M leaves resident (allocator arenas and kernel workspaces, kept for reuse). It varies with the torch
 #: build and thread count; on CUDA the context is outside torch's own count and is left out.
 CPU_RUNTIME_BYTES = 435 * 2**20
+#: torch and transformers import Triton when it is installed (CUDA builds ship it; zoft's test extra adds it on the
+#: CPU): 75 MiB more resident, measured
+TRITON_IMPORT_BYTES = 75 * 2**20
+
+
+def cpu_runtime_bytes() -> int:
+    """The CPU runtime constant for this install."""
+    import importlib.util
+
+    return CPU_RUNTIME_BYTES + (TRITON_IMPORT_BYTES if importlib.util.find_spec("triton") else 0)
 
 
 def parse_size(text: str) -> int:
@@ -110,6 +120,8 @@ class MemoryRequest:
     seq_len: int = 256
     kept_positions: int = 1
     gpu_memory: str | None = None
+    noise: str = "table"
+    exact_bf16: bool = False
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -128,6 +140,12 @@ def estimate(req: MemoryRequest) -> dict[str, Any]:
                         ("--rows-per-example", req.rows_per_example)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1 (got {value})")
+    from zoft.perturb import NOISE_KINDS, table_bytes
+
+    if req.noise not in NOISE_KINDS:
+        raise ConfigError(f"--noise {req.noise}: choose {' or '.join(NOISE_KINDS)}")
+    if req.exact_bf16 and req.dtype != "bfloat16":
+        raise ConfigError(f"--exact-bf16 applies to bfloat16 weights, not --dtype {req.dtype}")
     limit = parse_size(req.gpu_memory) if req.gpu_memory else None
     nbytes = DTYPE_BYTES[req.dtype]
 
@@ -138,7 +156,7 @@ def estimate(req: MemoryRequest) -> dict[str, Any]:
     shape = Shape.from_config(model.config)
     params = sum(p.numel() for p in model.parameters())
     named = trainable_parameters(model)
-    opt = ALGORITHMS[req.algo](named, **req.options)
+    opt = ALGORITHMS[req.algo](named, noise=req.noise, **req.options)
     rows = req.batch_size * req.rows_per_example
     attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
     materialises_scores = attn == "eager" or req.device == "cpu"
@@ -149,8 +167,15 @@ def estimate(req: MemoryRequest) -> dict[str, Any]:
         "activations": forward_activation_bytes(shape, rows, req.seq_len, nbytes, materialises_scores),
         "logits": logits_bytes(shape, rows, req.kept_positions, nbytes),
     }
+    if req.exact_bf16:
+        # residuals are not registered on meta tensors (they share one null pointer): count them here, with the
+        # passes' fp32 tables instead of bf16 ones and the 4 MiB join buffer
+        components["exact-bf16 residuals"] = 2 * sum(p.numel() for _, p in named)
+        if any(opt.engine._tabled(p) for p in opt.engine.params):
+            components["step temporaries"] += table_bytes(torch.float32) - table_bytes(torch.bfloat16)
+        components["step temporaries"] += 4 * (1 << 20) * (1 if opt.dense_z else 2)
     if req.device == "cpu":
-        components["runtime"] = CPU_RUNTIME_BYTES
+        components["runtime"] = cpu_runtime_bytes()
     total = sum(components.values())
     fo = first_order_bytes(params, shape, rows, req.seq_len, nbytes)
     fo_total = sum(fo.values()) + components.get("runtime", 0)
