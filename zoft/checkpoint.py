@@ -90,8 +90,17 @@ def load_optimizer_state(path: Path) -> dict[str, Any]:
 
 @torch.no_grad()
 def load_weights_into(model, path: Path) -> None:
-    """Copy a model dir's safetensors weights into `model` in place (no second model in memory)."""
+    """Copy a model dir's safetensors weights into `model` in place (no second model in memory); for an adapter
+    checkpoint (LoRA, prefix, prompt; or a merged final/ with its adapter/), only the adapter's tensors."""
     from safetensors.torch import load_file
+
+    from zoft.modes import adapter_kind, load_adapter_into
+
+    if adapter_kind(path) is None and adapter_kind(Path(path) / "adapter") is not None:
+        path = Path(path) / "adapter"
+    if adapter_kind(path) is not None:
+        load_adapter_into(model, path)
+        return
 
     params = dict(model.named_parameters())
     params.update(dict(model.named_buffers()))

@@ -95,6 +95,7 @@ _TRAIN_EPILOG = """[bold]Examples[/]
 """
 
 M, DT, Z, TR, CK, HW = "Model", "Data", "ZO algorithm", "Training", "Checkpointing", "Hardware"
+MD = "Tuning mode"
 
 
 @app.command(epilog=_TRAIN_EPILOG)
@@ -136,6 +137,30 @@ def train(
                                                           rich_help_panel=DT)] = None,
     max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sequence (left-truncated).",
                                                       show_default=str(_D.max_length), rich_help_panel=DT)] = None,
+    mode: Annotated[Optional[str], typer.Option(help="full (every weight), lora (peft LoRA adapters), prefix "
+                                                "(MeZO prefix tuning: 5 key/value vectors per layer from real-token "
+                                                "activations) or prompt (10 soft input embeddings). Other modes "
+                                                "freeze the base; their default lr/eps follow MeZO's grids (LoRA "
+                                                "1e-4/1e-2, prefix 1e-2/1e-1, prompt 1e-3/1e-1).",
+                                                show_default=_D.mode, rich_help_panel=MD)] = None,
+    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank r.", show_default=str(_D.lora_r),
+                                                  rich_help_panel=MD)] = None,
+    lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA α (scale α/r).", show_default="16",
+                                                        rich_help_panel=MD)] = None,
+    lora_targets: Annotated[Optional[str], typer.Option(help="Comma-separated module names that get LoRA.",
+                                                        show_default=_D.lora_targets, rich_help_panel=MD)] = None,
+    virtual_tokens: Annotated[Optional[int], typer.Option(help="Prefix/prompt length.",
+                                                          show_default="5 prefix, 10 prompt",
+                                                          rich_help_panel=MD)] = None,
+    prefix_init: Annotated[Optional[str], typer.Option(help="Prefix init: activations (the frozen model's keys "
+                                                       "and values on random real tokens, MeZO) or random.",
+                                                       show_default=_D.prefix_init, rich_help_panel=MD)] = None,
+    load_in_8bit: Annotated[bool, typer.Option("--load-in-8bit", help="Quantize the frozen base to int8 "
+                                               "(bitsandbytes); adapter modes only.", rich_help_panel=MD)] = False,
+    load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit", help="Quantize the frozen base to NF4 "
+                                               "(bitsandbytes); adapter modes only.", rich_help_panel=MD)] = False,
+    merge: Annotated[bool, typer.Option("--merge", help="LoRA: write final/ as a plain HF model with the adapter "
+                                        "merged (the adapter stays in final/adapter/).", rich_help_panel=MD)] = False,
     algo: Annotated[Optional[str], typer.Option(help="mezo (2 forwards, no state: the memory floor); "
                                                 "zo-sgd-mmt / zo-adam (dense momentum / Adam: +1 / +2 fp32 per "
                                                 "weight); hizoo (3 forwards, +1 fp32/weight Hessian: "
@@ -247,13 +272,16 @@ def train(
     """
     overrides: dict[str, Any] = {k: v for k, v in locals().items()
                                  if k not in ("recipe", "as_json", "overwrite", "resume", "allow_degenerate",
-                                              "stochastic_rounding", "exact_bf16")}
+                                              "stochastic_rounding", "exact_bf16", "load_in_8bit", "load_in_4bit",
+                                              "merge")}
     overrides = {k: (v.value if isinstance(v, Enum) else v) for k, v in overrides.items()}
     overrides["overwrite"] = overwrite or None
     overrides["resume"] = resume or None
     overrides["allow_degenerate"] = allow_degenerate or None
     overrides["stochastic_rounding"] = stochastic_rounding or None
     overrides["exact_bf16"] = exact_bf16 or None
+    for flag, value in (("load_in_8bit", load_in_8bit), ("load_in_4bit", load_in_4bit), ("merge", merge)):
+        overrides[flag] = value or None
     from zoft.config import resolve
 
     try:
@@ -312,8 +340,12 @@ def _print_summary(summary: dict[str, Any]) -> None:
              "scores best/, writes eval.json[/]\n\n  zoft eval smollm2-135m --task sst2 --data-dir builtin   "
              "[dim]# zero-shot baseline[/]")
 def eval_cmd(
-    model: Annotated[str, typer.Argument(help="A run dir (scores its best/), a checkpoint or model dir, a hub "
-                                         "id, or smollm2-135m.")],
+    model: Annotated[str, typer.Argument(help="A run dir (scores its best/), a checkpoint or model dir (an "
+                                         "adapter checkpoint of --mode lora/prefix/prompt is rebuilt over its "
+                                         "base), a hub id, or smollm2-135m.")],
+    base: Annotated[Optional[str], typer.Option(help="Base model under an adapter checkpoint (default: the one "
+                                                "it was trained on).", show_default=False,
+                                                rich_help_panel=M)] = None,
     task: Annotated[Optional[str], typer.Option(help="Task (default: the run's, else sst2).",
                                                 show_default=False, rich_help_panel=DT)] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Dir with the task's original files, or 'builtin'.",
@@ -338,7 +370,8 @@ def eval_cmd(
 
     request = EvalRequest(model=model, task=task, data_dir=data_dir, num_eval=num_eval,
                           train_set_seed=train_set_seed, batch_size=batch_size,
-                          dtype=dtype.value if dtype else None, device=device.value if device else None)
+                          dtype=dtype.value if dtype else None, device=device.value if device else None,
+                          base=base)
     report = _guarded(run_eval, request)
     if as_json:
         out.print_json(json.dumps(report))

@@ -47,6 +47,16 @@ class TrainConfig:
     num_eval: int = 1000
     train_set_seed: int = 0             # seed of the train/dev/eval sampling permutation
     max_length: int = 2048              # tokens per sequence, left-truncated keeping BOS
+    # Tuning mode
+    mode: str = "full"                  # full | lora | prefix | prompt: which tensors ZO perturbs
+    lora_r: int = 8
+    lora_alpha: float = 16.0
+    lora_targets: str = "q_proj,v_proj"  # module names that get LoRA adapters
+    virtual_tokens: int | None = None   # prefix / prompt length; None → 5 (prefix, MeZO) / 10 (prompt)
+    prefix_init: str = "activations"    # prefix: activations (MeZO: K/V of random real tokens) or random
+    load_in_8bit: bool = False          # frozen base quantized with bitsandbytes (adapter modes only)
+    load_in_4bit: bool = False          # NF4 base (adapter modes only)
+    merge: bool = False                 # lora: write final/ merged as a plain HF model (adapter in final/adapter)
     # ZO algorithm
     algo: str = "mezo"
     lr: float | None = None             # None → the algorithm's default (MeZO full FT: 1e-6)
@@ -198,6 +208,7 @@ def validate(cfg: TrainConfig) -> None:
                           "--dtype bfloat16")
     if cfg.noise not in NOISE_KINDS:
         raise ConfigError(f"--noise {cfg.noise}: choose {' or '.join(NOISE_KINDS)}")
+    _validate_mode(cfg)
     if cfg.hessian_estimator not in ("code", "paper"):
         raise ConfigError(f"--hessian-estimator {cfg.hessian_estimator}: choose code or paper")
     if cfg.hessian_smooth is not None and not 0 <= cfg.hessian_smooth <= 1:
@@ -259,14 +270,57 @@ def _validate_algorithm_options(cfg: TrainConfig) -> None:
         raise ConfigError(f"--tezo-factors {cfg.tezo_factors}: choose {' or '.join(FACTOR_POLICIES)}")
 
 
+def _validate_mode(cfg: TrainConfig) -> None:
+    from zoft.modes import MODES
+
+    if cfg.mode not in MODES:
+        raise ConfigError(f"--mode {cfg.mode}: choose {', '.join(MODES)}")
+    defaults = TrainConfig()
+    for key in ("lora_r", "lora_alpha", "lora_targets", "merge"):
+        if cfg.mode != "lora" and getattr(cfg, key) != getattr(defaults, key):
+            raise ConfigError(f"{cfg.flag(key)} applies to --mode lora, not {cfg.mode}")
+    for key in ("virtual_tokens", "prefix_init"):
+        if cfg.mode not in ("prefix", "prompt") and getattr(cfg, key) != getattr(defaults, key):
+            raise ConfigError(f"{cfg.flag(key)} applies to --mode prefix or prompt, not {cfg.mode}")
+    if cfg.mode == "prompt" and cfg.prefix_init != "activations":
+        raise ConfigError("--prefix-init applies to --mode prefix (prompt tuning starts from vocabulary embeddings)")
+    if cfg.prefix_init not in ("activations", "random"):
+        raise ConfigError(f"--prefix-init {cfg.prefix_init}: choose activations or random")
+    if cfg.lora_r < 1 or (cfg.virtual_tokens is not None and cfg.virtual_tokens < 1):
+        raise ConfigError("--lora-r and --virtual-tokens must be >= 1")
+    if not cfg.lora_alpha > 0:
+        raise ConfigError(f"--lora-alpha must be > 0 (got {cfg.lora_alpha})")
+    if not [t for t in cfg.lora_targets.split(",") if t.strip()]:
+        raise ConfigError("--lora-targets: give module names such as q_proj,v_proj")
+    if cfg.load_in_8bit and cfg.load_in_4bit:
+        raise ConfigError("--load-in-8bit and --load-in-4bit contradict each other; keep one")
+    quantized = "--load-in-8bit" if cfg.load_in_8bit else "--load-in-4bit" if cfg.load_in_4bit else None
+    if quantized and cfg.mode == "full":
+        raise ConfigError(f"--mode full with {quantized}: int8/NF4 weights cannot take in-place float "
+                          "perturbations (and re-quantising would erase them); use --mode lora, prefix or prompt")
+    if quantized and cfg.merge:
+        raise ConfigError(f"--merge with {quantized}: adapters cannot be merged into quantized weights; drop "
+                          "--merge (final/ keeps the adapter)")
+    if quantized and (cfg.exact_bf16 or cfg.stochastic_rounding):
+        raise ConfigError(f"{quantized}: adapters over a quantized base are fp32; drop --exact-bf16 / "
+                          "--stochastic-rounding")
+
+
 def finalize(cfg: TrainConfig) -> TrainConfig:
     """Fill the 'None → derived' fields so config.yaml records the values the run actually used."""
     from zoft.algos import ALGORITHMS
 
     algo = ALGORITHMS[cfg.algo]
     cfg = dataclasses.replace(cfg)
-    cfg.lr = algo.default_lr if cfg.lr is None else cfg.lr
-    cfg.eps = algo.default_eps if cfg.eps is None else cfg.eps
+    from zoft.modes import DEFAULT_VIRTUAL_TOKENS, MODE_DEFAULTS
+
+    mode_lr, mode_eps = MODE_DEFAULTS.get(cfg.mode, (algo.default_lr, algo.default_eps))
+    # Adam-style algorithms normalise the step, so their own lr stays; the SGD family takes the mode's grid
+    adam_like = "adam_eps" in algo.config_keys
+    cfg.lr = (algo.default_lr if adam_like else mode_lr) if cfg.lr is None else cfg.lr
+    cfg.eps = mode_eps if cfg.eps is None else cfg.eps
+    if cfg.mode in DEFAULT_VIRTUAL_TOKENS and cfg.virtual_tokens is None:
+        cfg.virtual_tokens = DEFAULT_VIRTUAL_TOKENS[cfg.mode]
     for key in algo.config_keys:  # record the algorithm's defaults so config.yaml says what the run used
         if getattr(cfg, key) is None and hasattr(algo, f"default_{key}"):
             setattr(cfg, key, getattr(algo, f"default_{key}"))

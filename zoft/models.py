@@ -13,6 +13,7 @@ import logging
 import os
 import shutil
 import tempfile
+import warnings
 from pathlib import Path
 
 import torch
@@ -144,10 +145,27 @@ def quiet_transformers() -> None:
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
+    # bitsandbytes' CPU backend announces, on import, an optional kernel package it falls back without; its int8
+    # matmul says on every forward that it computes in fp16; peft calls a transformers method deprecated in v5
+    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
+    logging.getLogger("bitsandbytes.autograd._functions").setLevel(logging.ERROR)
+    warnings.filterwarnings("ignore", message=".*is_gradient_checkpointing.* is deprecated")
 
 
-def load_model(model: str | None, dtype: str = "auto", device: str = "auto"):
-    """Load (model, tokenizer, path) ready for ZO: eval mode (no dropout, §1.1), on `device`, in `dtype`."""
+def quantization_config(kind: str, compute_dtype: torch.dtype):
+    """The one place a bitsandbytes config is built: "8bit" (LLM.int8) or "4bit" (NF4, double quantization)."""
+    from transformers import BitsAndBytesConfig
+
+    if kind == "8bit":
+        return BitsAndBytesConfig(load_in_8bit=True)
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+                              bnb_4bit_compute_dtype=compute_dtype)
+
+
+def load_model(model: str | None, dtype: str = "auto", device: str = "auto", quantize: str | None = None):
+    """Load (model, tokenizer, path) ready for ZO: eval mode (no dropout, §1.1), on `device`, in `dtype`;
+    with `quantize` ("8bit" / "4bit") the frozen weights are bitsandbytes-quantized, placed by `device_map`
+    (a quantized model must never be moved with `.to()`)."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
@@ -155,13 +173,17 @@ def load_model(model: str | None, dtype: str = "auto", device: str = "auto"):
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     path = resolve_model_path(model)
+    kwargs = {"dtype": torch_dtype}
+    if quantize:
+        kwargs.update(quantization_config=quantization_config(quantize, torch_dtype), device_map={"": dev})
     try:
         tokenizer = load_tokenizer(path)
-        lm = AutoModelForCausalLM.from_pretrained(path, dtype=torch_dtype)
+        lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"--model {model}: could not load ({first}); offline, pass a local model dir") from exc
-    lm.to(dev)
+    if not quantize:
+        lm.to(dev)
     lm.eval()
     lm.config.use_cache = False
     return lm, tokenizer, path

@@ -12,6 +12,7 @@ import dataclasses
 import json
 import logging
 import math
+import os
 import shutil
 import signal
 import time
@@ -37,7 +38,9 @@ log = logging.getLogger(__name__)
 # Settings that change the trajectory: a resume must use the same values as the run it continues.
 # Algorithm options join them (all but NON_TRAJECTORY_OPTIONS), so a new algorithm's options are checked too.
 _TRAJECTORY_KEYS = ("model", "task", "data_dir", "data_file", "num_train", "num_dev", "train_set_seed",
-                    "max_length", "algo", "lr", "eps", "weight_decay", "noise", "stochastic_rounding", "exact_bf16", "batch_size", "seed", "dtype")
+                    "max_length", "algo", "lr", "eps", "weight_decay", "noise", "stochastic_rounding", "exact_bf16",
+                    "mode", "lora_r", "lora_alpha", "lora_targets", "virtual_tokens", "prefix_init", "load_in_8bit",
+                    "load_in_4bit", "batch_size", "seed", "dtype")
 
 
 def trajectory_keys() -> tuple[str, ...]:
@@ -103,7 +106,9 @@ def prepare_output_dir(cfg: TrainConfig) -> Path | None:
 
 
 # What a key meant in runs saved before it existed (zoft 0.1 drew z with torch.randn only).
-_LEGACY = {"noise": "randn", "stochastic_rounding": False, "exact_bf16": False}
+_LEGACY = {"noise": "randn", "stochastic_rounding": False, "exact_bf16": False, "mode": "full", "lora_r": 8,
+           "lora_alpha": 16.0, "lora_targets": "q_proj,v_proj", "virtual_tokens": None, "prefix_init": "activations",
+           "load_in_8bit": False, "load_in_4bit": False}
 
 
 def _check_resume_config(cfg: TrainConfig, ckpt: Path) -> None:
@@ -190,8 +195,19 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         cfg.num_dev = len(splits.dev)
     reporter.info(f"data: {splits.source}: {len(splits.train)} train / {len(splits.dev)} dev / "
                   f"{len(splits.eval)} eval")
-    model, tokenizer, model_path = load_model(model_path, cfg.dtype, cfg.device)
+    quantize = "8bit" if cfg.load_in_8bit else "4bit" if cfg.load_in_4bit else None
+    model, tokenizer, model_path = load_model(model_path, cfg.dtype, cfg.device, quantize=quantize)
     device = next(model.parameters()).device
+    if cfg.mode != "full":
+        from zoft.modes import attach
+
+        try:
+            model = attach(model, cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                           lora_targets=tuple(t.strip() for t in cfg.lora_targets.split(",") if t.strip()),
+                           virtual_tokens=cfg.virtual_tokens, prefix_init=cfg.prefix_init, seed=cfg.seed,
+                           adapter_dtype=torch.float32 if quantize else None)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     pad = pad_id(tokenizer)
     train_enc = encode_examples(tokenizer, splits.train, cfg.max_length)
     dev_enc = encode_examples(tokenizer, splits.dev, cfg.max_length)
@@ -312,10 +328,29 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         state["best_step"] = cfg.steps
         shutil.copytree(out / "final", out / "best", dirs_exist_ok=True)
     summary = _final_eval(cfg, state, model, eval_enc, pad, device, out)
+    if cfg.merge:
+        _write_merged(model, tokenizer, out / "final")
     metrics.write({"event": "end", "step": cfg.steps, **summary["eval"]})
     plot_metrics(metrics.records, out / "loss.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
+
+
+def _write_merged(model, tokenizer, final: Path) -> None:
+    """final/ becomes a plain HF model with the final LoRA weights merged in; the adapter moves to final/adapter/
+    (where a resume finds it). Done last: merging changes the in-memory model."""
+    from zoft.checkpoint import load_weights_into
+
+    load_weights_into(model, final)  # the final adapter (the final eval may have loaded best/)
+    tmp = final.parent / ".final.merged.tmp"
+    shutil.rmtree(tmp, ignore_errors=True)
+    model.merge_and_unload().save_pretrained(tmp, safe_serialization=True)
+    tokenizer.save_pretrained(tmp)
+    shutil.copytree(final, tmp / "adapter")
+    old = final.parent / ".final.old"
+    os.replace(final, old)
+    os.replace(tmp, final)
+    shutil.rmtree(old, ignore_errors=True)
 
 
 def _state_text(opt) -> str:
