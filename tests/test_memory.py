@@ -58,6 +58,24 @@ def test_cli_table_json_and_fit_verdict(tiny_model_dirs):
     assert data["total"] == sum(data["components"].values())
 
 
+def test_modes_and_quantized_bases_count_what_zoft_modes_builds(tiny_model_dirs, tokenizer):
+    from conftest import build_model
+    from zoft.algos import trainable_parameters
+    from zoft.modes import attach
+
+    path = str(tiny_model_dirs["llama"])
+    full = estimate(MemoryRequest(model=path, dtype="float32"))
+    for mode in ("lora", "prefix", "prompt"):
+        est = estimate(MemoryRequest(model=path, dtype="float32", mode=mode))
+        built = attach(build_model("llama", len(tokenizer)), mode)
+        assert est["trainable_params"] == sum(p.numel() for _, p in trainable_parameters(built)), mode
+        assert est["components"]["weights"] == full["components"]["weights"] + 4 * est["trainable_params"]
+        assert est["first_order_adamw"]["adam moments"] == 8 * est["trainable_params"]
+    q8 = estimate(MemoryRequest(model=path, dtype="float32", mode="lora", quantize="8bit"))
+    q4 = estimate(MemoryRequest(model=path, dtype="float32", mode="lora", quantize="4bit"))
+    assert q4["components"]["weights"] < q8["components"]["weights"] < full["components"]["weights"]
+
+
 def test_generator_and_exact_bf16_change_the_estimate_as_documented(tiny_model_dirs):
     from zoft.perturb import table_bytes
 
@@ -79,7 +97,9 @@ def test_generator_and_exact_bf16_change_the_estimate_as_documented(tiny_model_d
     (["--exact-bf16", "--dtype", "float32"], "--exact-bf16 applies to bfloat16"),
     (["--noise", "gauss"], "--noise gauss"),
     (["--algo", "adamzo"], "--algo adamzo"),
-    (["--mode", "lora"], "--mode lora"),
+    (["--mode", "lora", "--lora-targets", "wq"], "--lora-targets: no module named wq"),
+    (["--mode", "adapters"], "--mode adapters"),
+    (["--load-in-8bit"], "--mode full with --load-in-8bit"),
     (["--gpu-memory", "lots"], "--gpu-memory"),
     (["--seq-len", "0"], "--seq-len"),
 ])

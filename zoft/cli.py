@@ -387,7 +387,15 @@ def estimate_memory_cmd(
     model: Annotated[str, typer.Argument(help="Hub id (cached or reachable), local HF model dir, or smollm2-135m. "
                                          "Only its config is read.")],
     algo: Annotated[str, typer.Option(help="ZO algorithm (see `zoft list`).", rich_help_panel=Z)] = "mezo",
-    mode: Annotated[str, typer.Option(help="Tuning mode: full.", rich_help_panel=Z)] = "full",
+    mode: Annotated[str, typer.Option(help="Tuning mode: full, lora, prefix or prompt.", rich_help_panel=MD)] = "full",
+    load_in_8bit: Annotated[bool, typer.Option("--load-in-8bit", help="int8 base (bitsandbytes).",
+                                               rich_help_panel=MD)] = False,
+    load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit", help="NF4 base (bitsandbytes).",
+                                               rich_help_panel=MD)] = False,
+    lora_r: Annotated[int, typer.Option(help="LoRA rank.", rich_help_panel=MD)] = 8,
+    lora_targets: Annotated[str, typer.Option(help="Modules with LoRA.", rich_help_panel=MD)] = "q_proj,v_proj",
+    virtual_tokens: Annotated[Optional[int], typer.Option(help="Prefix/prompt length.", show_default="5 prefix, "
+                                                          "10 prompt", rich_help_panel=MD)] = None,
     dtype: Annotated[Dtype, typer.Option(help="Weight dtype (auto = bfloat16 on CUDA, float32 on CPU).",
                                          rich_help_panel=HW)] = Dtype.auto,
     device: Annotated[Device, typer.Option(help="Where the run will be (cpu adds the process runtime and "
@@ -422,14 +430,20 @@ def estimate_memory_cmd(
     dt = dtype.value if dtype != Dtype.auto else ("bfloat16" if device != Device.cpu else "float32")
     req = MemoryRequest(model=model, algo=algo, mode=mode, dtype=dt, device=device.value, batch_size=batch_size,
                         rows_per_example=rows_per_example, seq_len=seq_len, gpu_memory=gpu_memory, noise=noise,
-                        exact_bf16=exact_bf16)
+                        exact_bf16=exact_bf16, lora_r=lora_r, virtual_tokens=virtual_tokens,
+                        lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
+                        quantize="8bit" if load_in_8bit else "4bit" if load_in_4bit else None)
+    if load_in_8bit and load_in_4bit:
+        _fail("--load-in-8bit and --load-in-4bit contradict each other; keep one")
     result = _guarded(estimate, req)
     if as_json:
         out.print_json(json.dumps(result))
         return
     gib = lambda b: f"{b / 2**30:,.2f}"  # noqa: E731
-    table = Table(title=f"{result['model']}: {result['algo']} ({result['mode']}, {result['dtype']}, "
-                        f"{result['device']}), {result['rows']} rows × {result['seq_len']} tokens",
+    base = f"{result['quantize']} base, " if result["quantize"] else ""
+    table = Table(title=f"{result['model']}: {result['algo']} ({result['mode']}, {base}{result['dtype']}, "
+                        f"{result['device']}), {result['rows']} rows × {result['seq_len']} tokens, "
+                        f"{result['trainable_params']:,} trainable",
                   title_justify="left")
     table.add_column("component")
     table.add_column("ZO GiB", justify="right")

@@ -96,14 +96,38 @@ def logits_bytes(shape: Shape, rows: int, kept: int, nbytes: int) -> int:
     return rows * kept * shape.vocab * (nbytes + 8)
 
 
-def first_order_bytes(params: int, shape: Shape, rows: int, seq_len: int, nbytes: int) -> dict[str, int]:
-    """AdamW with backprop, for comparison: weights, gradients, fp32 moments, saved activations, full logits."""
+def first_order_bytes(params: int, shape: Shape, rows: int, seq_len: int, nbytes: int, weights: int | None = None,
+                      trainable: int | None = None) -> dict[str, int]:
+    """AdamW with backprop, for comparison: weights, gradients and fp32 moments of the trainable tensors, saved
+    activations, full logits. `weights` (bytes) and `trainable` (count) default to full fine-tuning."""
+    trainable = params if trainable is None else trainable
     tokens = rows * seq_len
     # per layer, backward keeps the inputs of every linear, norm and activation: ≈ 10·h + 4·ffn values per token
     saved = shape.layers * tokens * (10 * shape.hidden + 4 * shape.ffn) * nbytes
     saved += 2 * rows * shape.heads * seq_len * seq_len * nbytes * shape.layers  # attention probabilities
-    return {"weights": params * nbytes, "gradients": params * nbytes, "adam moments": 8 * params,
-            "activations": saved, "logits": tokens * shape.vocab * (nbytes + 8) * 2}
+    return {"weights": params * nbytes if weights is None else weights, "gradients": trainable * nbytes,
+            "adam moments": 8 * trainable, "activations": saved, "logits": tokens * shape.vocab * (nbytes + 8) * 2}
+
+
+#: bytes per weight of a bitsandbytes-quantized linear layer: int8 plus an fp32 scale per row (≈ 1 B), NF4 plus
+#: a double-quantized absmax per 64-element block (0.5 + 0.127/8 B)
+QUANT_BYTES = {"8bit": 1.0, "4bit": 0.5 + 0.127 / 8}
+
+
+def _adapter_shapes(model, mode: str, shape: Shape, lora_r: int, lora_targets: tuple[str, ...],
+                    virtual_tokens: int) -> list[tuple[str, tuple[int, ...]]]:
+    """The trainable tensors of a tuning mode, by shape (as zoft.modes builds them)."""
+    if mode == "lora":
+        found = [(n, m.weight.shape) for n, m in model.named_modules()
+                 if n.rsplit(".", 1)[-1] in lora_targets and hasattr(m, "weight")]
+        if not found:
+            raise ConfigError(f"--lora-targets: no module named {', '.join(lora_targets)} in this model")
+        return [t for n, (out, inp) in found for t in ((f"{n}.lora_A", (lora_r, inp)), (f"{n}.lora_B", (out, lora_r)))]
+    if mode == "prefix":
+        heads_kv, head_dim = shape.kv_dim // (shape.hidden // shape.heads), shape.hidden // shape.heads
+        return [(f"{kind}.{i}", (heads_kv, virtual_tokens, head_dim)) for i in range(shape.layers)
+                for kind in ("keys", "values")]
+    return [("prompt", (virtual_tokens, shape.hidden))]
 
 
 @dataclass
@@ -122,6 +146,10 @@ class MemoryRequest:
     gpu_memory: str | None = None
     noise: str = "table"
     exact_bf16: bool = False
+    quantize: str | None = None          # "8bit" / "4bit": a bitsandbytes base (adapter modes)
+    lora_r: int = 8
+    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
+    virtual_tokens: int | None = None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
 
 
@@ -132,8 +160,13 @@ def estimate(req: MemoryRequest) -> dict[str, Any]:
 
     if req.algo not in ALGORITHMS:
         raise ConfigError(f"--algo {req.algo}: unknown algorithm; choose from {', '.join(ALGORITHMS)}")
-    if req.mode != "full":
-        raise ConfigError(f"--mode {req.mode}: only full fine-tuning is available in this version")
+    from zoft.modes import DEFAULT_VIRTUAL_TOKENS, MODES
+
+    if req.mode not in MODES:
+        raise ConfigError(f"--mode {req.mode}: choose {', '.join(MODES)}")
+    if req.quantize and req.mode == "full":
+        raise ConfigError(f"--mode full with --load-in-{req.quantize}: quantized weights cannot be perturbed in "
+                          "place; use --mode lora, prefix or prompt")
     if req.dtype not in DTYPE_BYTES:
         raise ConfigError(f"--dtype {req.dtype}: choose from {', '.join(DTYPE_BYTES)}")
     for flag, value in (("--batch-size", req.batch_size), ("--seq-len", req.seq_len),
@@ -156,12 +189,23 @@ def estimate(req: MemoryRequest) -> dict[str, Any]:
     shape = Shape.from_config(model.config)
     params = sum(p.numel() for p in model.parameters())
     named = trainable_parameters(model)
+    weights = sum(p.numel() * nbytes for p in model.parameters())
+    if req.mode != "full":
+        n_virtual = req.virtual_tokens or DEFAULT_VIRTUAL_TOKENS.get(req.mode, 0)
+        adapter_dtype = torch.float32 if req.quantize else model.dtype
+        named = [(name, torch.nn.Parameter(torch.empty(s, device="meta", dtype=adapter_dtype)))
+                 for name, s in _adapter_shapes(model, req.mode, shape, req.lora_r, req.lora_targets, n_virtual)]
+        weights += sum(p.numel() * p.element_size() for _, p in named)
+    if req.quantize:  # the decoder layers' linear weights are quantized; embeddings, norms and lm_head are not
+        linear = sum(mod.weight.numel() for n, mod in model.named_modules()
+                     if isinstance(mod, torch.nn.Linear) and "lm_head" not in n)
+        weights -= int(linear * (nbytes - QUANT_BYTES[req.quantize]))
     opt = ALGORITHMS[req.algo](named, noise=req.noise, **req.options)
     rows = req.batch_size * req.rows_per_example
     attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
     materialises_scores = attn == "eager" or req.device == "cpu"
     components = {
-        "weights": sum(p.numel() * nbytes for p in model.parameters()),
+        "weights": weights,
         "optimizer state": opt.state_bytes(),
         "step temporaries": opt.transient_bytes(),
         "activations": forward_activation_bytes(shape, rows, req.seq_len, nbytes, materialises_scores),
@@ -177,10 +221,12 @@ def estimate(req: MemoryRequest) -> dict[str, Any]:
     if req.device == "cpu":
         components["runtime"] = cpu_runtime_bytes()
     total = sum(components.values())
-    fo = first_order_bytes(params, shape, rows, req.seq_len, nbytes)
+    fo = first_order_bytes(params, shape, rows, req.seq_len, nbytes, weights=weights,
+                           trainable=sum(p.numel() for _, p in named))
     fo_total = sum(fo.values()) + components.get("runtime", 0)
     return {
         "model": req.model, "algo": req.algo, "mode": req.mode, "dtype": req.dtype, "device": req.device,
+        "quantize": req.quantize,
         "params": params, "trainable_params": sum(p.numel() for _, p in named), "rows": rows,
         "seq_len": req.seq_len, "components": components, "state_breakdown": opt.state_breakdown(),
         "total": total, "first_order_adamw": {**fo, "total": fo_total},
