@@ -10,7 +10,8 @@ device arrays, and tensors are addressed through an array of their data pointers
 
 in fp32 and writes θ back in its own dtype (fp32, bf16 or fp16): one read and one write of θ, no z tensor, so
 a MeZO step's peak memory is the inference peak. With `write_z`, the same stream is written to fp32 buffers instead
-(for algorithms that need z itself, such as ZO-Adam's moments).
+(for algorithms that need z itself, such as ZO-Adam's moments). TeZO's rank-r perturbations are matrix products
+(`addmm_` of seeded factors), not elementwise noise, so they keep that path; its 1-D tensors draw here.
 
 The stream is Triton's Philox, not the noise table's: runs with `--noise philox` differ from `--noise table` ones
 and are reproducible on CUDA. Without a GPU the kernel runs under Triton's interpreter (`TRITON_INTERPRET=1`,
