@@ -164,13 +164,15 @@ def tiny_llama_64(tmp_path_factory, tokenizer):
     return path
 
 
-@pytest.mark.parametrize("flag", ["--load-in-8bit", "--load-in-4bit"])
-def test_quantized_base_trains_lora_saves_reloads_and_refuses_full(flag, tiny_llama_64, tmp_path):
-    args = [*_common(tiny_llama_64), flag, "--lr", "1e-2"]
+@pytest.mark.parametrize("flag,mode", [("--load-in-8bit", "lora"), ("--load-in-4bit", "lora"),
+                                       ("--load-in-8bit", "prefix")])
+def test_quantized_base_trains_an_adapter_saves_reloads_and_refuses_full(flag, mode, tiny_llama_64, tmp_path):
+    # bf16 compute under fp32 adapters: the adapters must meet the base in its dtype
+    args = [*_common(tiny_llama_64), flag, "--lr", "1e-2", "--dtype", "bfloat16"]
     refused = runner.invoke(app, ["train", *args, "--output-dir", str(tmp_path / "full")])
     assert refused.exit_code == 2 and "--mode full with " + flag in refused.output
     assert not (tmp_path / "full").exists()
-    run = _train(args + ["--mode", "lora", "--steps", "3"], tmp_path, "q")
+    run = _train(args + ["--mode", mode, "--steps", "3"], tmp_path, "q")
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     start = next(r for r in metrics if r["event"] == "start")
     assert start["trainable_params"] < 10_000  # the adapter, not the int8/NF4 base

@@ -62,6 +62,9 @@ def test_output_tree_metrics_and_final_reload(tiny_model_dir, tmp_path, monkeypa
     assert [r["step"] for r in records if r["event"] == "eval" and "dev_accuracy" in r] == [0, 2, 4, 6]
     report = json.loads((out / "eval.json").read_text())
     assert report["num_eval"] == 8 and 0 <= report["eval_accuracy"] <= 1
+    # the peak memory of training and evaluation (not of loading), recorded for the run
+    peak = json.loads((out / "summary.json").read_text())["peak_memory_bytes"]
+    assert peak is None or peak > 0
 
     # final/ is a plain HF model dir whose logits equal those of the in-memory model
     loaded = AutoModelForCausalLM.from_pretrained(out / "final", dtype=torch.float32).eval()

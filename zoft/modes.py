@@ -135,7 +135,8 @@ class PrefixModel(_Virtual):
         from transformers.cache_utils import DynamicCache
 
         b = input_ids.shape[0]
-        data = [(k.unsqueeze(0).expand(b, -1, -1, -1), v.unsqueeze(0).expand(b, -1, -1, -1))
+        dtype = self.base.get_input_embeddings().weight.dtype  # fp32 adapters over a bf16/quantized base
+        data = [(k.to(dtype).unsqueeze(0).expand(b, -1, -1, -1), v.to(dtype).unsqueeze(0).expand(b, -1, -1, -1))
                 for k, v in zip(self.keys, self.values)]
         cache = DynamicCache(data, config=self.base.config)
         mask, positions = self._extend(attention_mask, position_ids)
