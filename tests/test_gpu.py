@@ -37,3 +37,14 @@ def test_cuda_table_z_equals_cpu_table_z_and_axpy_is_fused():
     assert torch.equal(eng.noise(0, seed).cpu(), cpu)  # the table is built on the CPU: one stream everywhere
     eng.axpy_(0, seed, 1.0)
     assert torch.equal(p.float().cpu(), cpu)  # table values are exact in bf16
+
+
+def test_cuda_philox_kernel_is_seeded_and_restores():
+    pytest.importorskip("triton")
+    p = torch.nn.Parameter(torch.rand(512, 300, device="cuda") * 2 - 1)
+    before = p.detach().clone()
+    opt = MeZO([p], lr=1e-3, eps=1e-3, noise="philox")
+    z = opt.engine.noise(0, step_seed(0, 1)).clone()
+    assert torch.equal(z, opt.engine.noise(0, step_seed(0, 1))) and abs(z.std().item() - 1) < 0.01
+    opt.step(lambda: torch.tensor(1.0, device="cuda"))  # g = 0: perturb and restore in the fused kernel
+    assert (p - before).abs().max().item() <= 1e-6
