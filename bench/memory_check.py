@@ -31,7 +31,7 @@ def measure(args) -> dict:
     import torch
 
     from zoft.algos import ALGORITHMS, trainable_parameters
-    from zoft.memory import MemoryRequest, estimate
+    from zoft.memory import MemoryRequest, estimate, peak_memory, reset_peak_memory
     from zoft.models import load_model
     from zoft.scoring import Encoded, classification_loss, collate
 
@@ -45,11 +45,10 @@ def measure(args) -> dict:
         encoded.append(Encoded((prompt + (11,), prompt + (12,)), (1, 1), i % 2))
     batch = collate(encoded, tok.pad_token_id or 0)
     opt = ALGORITHMS[args.algo](trainable_parameters(model))
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
+    reset_peak_memory()
     for _ in range(2):
         opt.step(lambda: classification_loss(model, [batch]))
-    peak = status_kib("VmHWM") * 1024
+    peak = peak_memory()
     est = estimate(MemoryRequest(model=args.model, algo=args.algo, dtype=args.dtype, device="cpu",
                                  batch_size=args.rows, seq_len=args.seq_len + 1, kept_positions=1))
     return {"algo": args.algo, "dtype": args.dtype, "rows": args.rows, "seq_len": args.seq_len,

@@ -40,6 +40,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from zoft.algos import ALGORITHMS, trainable_parameters  # noqa: E402
+from zoft.memory import peak_memory, reset_peak_memory  # noqa: E402
 from zoft.models import load_model  # noqa: E402
 from zoft.perturb import step_seed  # noqa: E402
 from zoft.scoring import classification_loss, collate, encode_examples  # noqa: E402
@@ -59,20 +60,6 @@ def interleaved(fns, repeats: int) -> list[float]:
             fn()
             bucket.append(time.perf_counter() - t)
     return [statistics.median(b) for b in times]
-
-
-def peak_rss_reset() -> None:
-    """Reset the kernel's high-water mark of this process's resident memory (Linux)."""
-    with open("/proc/self/clear_refs", "w") as f:
-        f.write("5")
-
-
-def peak_rss_bytes() -> int:
-    with open("/proc/self/status") as f:
-        for line in f:
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
-    return 0
 
 
 def reference_mezo_step(model, inputs, eps: float = 1e-3, lr: float = 1e-6, seed: int = 0):
@@ -142,15 +129,15 @@ def main() -> None:
 
     forward()
     forward()
-    peak_rss_reset()
-    base_rss = peak_rss_bytes()  # weights + one forward's working set already touched
+    reset_peak_memory()
+    base_rss = peak_memory()  # weights + one forward's working set already touched
     opt = ALGORITHMS[args.algo](trainable_parameters(model), eps=1e-3, noise=args.noise)  # default lr
     if args.exact_bf16:
         opt.keep_residuals()
     t_forward, t_pass, t_step = interleaved([forward, lambda: opt.perturb(step_seed(0, 0), 0.0),
                                              lambda: opt.step(lambda: classification_loss(model, batch))],
                                             args.repeats)
-    peak = peak_rss_bytes()
+    peak = peak_memory()
     k = opt.forwards_per_step
     tokens = int(batch[0].attention_mask.sum())
     result = {"model": "SmolLM2-135M", "algo": args.algo, "dtype": args.dtype, "noise": args.noise,

@@ -203,9 +203,6 @@ def validate(cfg: TrainConfig) -> None:
     if cfg.exact_bf16 and cfg.stochastic_rounding:
         raise ConfigError("--exact-bf16 and --stochastic-rounding contradict each other: exact updates need no "
                           "rounding; keep one")
-    if cfg.exact_bf16 and cfg.dtype not in ("bfloat16", "auto"):
-        raise ConfigError(f"--exact-bf16 applies to bfloat16 weights, not --dtype {cfg.dtype}; pass "
-                          "--dtype bfloat16")
     if cfg.noise not in NOISE_KINDS:
         raise ConfigError(f"--noise {cfg.noise}: choose {' or '.join(NOISE_KINDS)}")
     _validate_mode(cfg)
@@ -276,14 +273,11 @@ def _validate_mode(cfg: TrainConfig) -> None:
     if cfg.mode not in MODES:
         raise ConfigError(f"--mode {cfg.mode}: choose {', '.join(MODES)}")
     defaults = TrainConfig()
-    for key in ("lora_r", "lora_alpha", "lora_targets", "merge"):
-        if cfg.mode != "lora" and getattr(cfg, key) != getattr(defaults, key):
-            raise ConfigError(f"{cfg.flag(key)} applies to --mode lora, not {cfg.mode}")
-    for key in ("virtual_tokens", "prefix_init"):
-        if cfg.mode not in ("prefix", "prompt") and getattr(cfg, key) != getattr(defaults, key):
-            raise ConfigError(f"{cfg.flag(key)} applies to --mode prefix or prompt, not {cfg.mode}")
-    if cfg.mode == "prompt" and cfg.prefix_init != "activations":
-        raise ConfigError("--prefix-init applies to --mode prefix (prompt tuning starts from vocabulary embeddings)")
+    for keys, modes in ((("lora_r", "lora_alpha", "lora_targets", "merge"), ("lora",)),
+                        (("virtual_tokens",), ("prefix", "prompt")), (("prefix_init",), ("prefix",))):
+        for key in keys:
+            if cfg.mode not in modes and getattr(cfg, key) != getattr(defaults, key):
+                raise ConfigError(f"{cfg.flag(key)} applies to --mode {' or '.join(modes)}, not {cfg.mode}")
     if cfg.prefix_init not in ("activations", "random"):
         raise ConfigError(f"--prefix-init {cfg.prefix_init}: choose activations or random")
     if cfg.lora_r < 1 or (cfg.virtual_tokens is not None and cfg.virtual_tokens < 1):

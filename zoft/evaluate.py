@@ -42,7 +42,7 @@ def _load(weights: str, cfg: TrainConfig, base: str | None):
     """A plain model dir (or a merged final/), or an adapter checkpoint rebuilt over its base model."""
     from zoft.config import ConfigError
     from zoft.models import load_model, load_tokenizer
-    from zoft.modes import adapter_kind, attach, base_model_of, load_adapter_into
+    from zoft.modes import ADAPTER_CONFIG, adapter_kind, attach, base_model_of, load_adapter_into
 
     kind = adapter_kind(Path(weights)) if Path(weights).is_dir() else None
     if kind is None:
@@ -56,7 +56,7 @@ def _load(weights: str, cfg: TrainConfig, base: str | None):
 
         model = PeftModel.from_pretrained(model, weights).eval()  # r, α and targets from adapter_config.json
     else:
-        n = json.loads((Path(weights) / "zoft_adapter.json").read_text())["virtual_tokens"]
+        n = json.loads((Path(weights) / ADAPTER_CONFIG).read_text())["virtual_tokens"]
         model = attach(model, kind, virtual_tokens=n)
         try:
             load_adapter_into(model, Path(weights))

@@ -27,9 +27,12 @@ from __future__ import annotations
 import dataclasses
 import re
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from zoft.config import ConfigError
+
+if TYPE_CHECKING:
+    import torch
 
 DTYPE_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
 #: What a CPU process holds besides the model and one forward's tensors, measured on this machine (torch 2.13,
@@ -233,3 +236,34 @@ def estimate(req: MemoryRequest) -> dict[str, Any]:
         "gpu_memory": limit, "fits": None if limit is None else total <= limit,
         "first_order_fits": None if limit is None else fo_total <= limit,
     }
+
+
+def reset_peak_memory(device: torch.device | str = "cpu") -> None:
+    """Restart the peak-memory counter: CUDA's allocator peak, or the process's VmHWM on Linux (tracemalloc cannot
+    see tensors)."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+        return
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+    except OSError:
+        pass
+
+
+def peak_memory(device: torch.device | str = "cpu") -> int | None:
+    """Peak bytes since `reset_peak_memory`: `torch.cuda.max_memory_allocated`, or resident memory (VmHWM, the
+    whole process: weights, torch, activations) on the CPU; None where neither can be read."""
+    import torch
+
+    device = torch.device(device)
+    if device.type == "cuda":
+        return int(torch.cuda.max_memory_allocated(device))
+    try:
+        with open("/proc/self/status") as f:
+            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
+    except (OSError, StopIteration):
+        return None

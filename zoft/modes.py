@@ -99,8 +99,7 @@ class PromptModel(_Virtual):
         emb = base.get_input_embeddings().weight
         gen = torch.Generator().manual_seed(seed)
         ids = torch.randint(0, emb.shape[0], (n,), generator=gen).to(emb.device)
-        weight = emb.detach()[ids].clone()
-        self.prompt = nn.Parameter(weight.float() if not weight.is_floating_point() else weight)
+        self.prompt = nn.Parameter(emb.detach()[ids].clone())
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, position_ids=None, logits_to_keep=0,
                 use_cache: bool = False, **kwargs):
@@ -172,15 +171,10 @@ def attach(model: nn.Module, mode: str, *, lora_r: int = 8, lora_alpha: float = 
         config = LoraConfig(r=lora_r, lora_alpha=lora_alpha, target_modules=list(lora_targets), lora_dropout=0.0,
                             bias="none", task_type="CAUSAL_LM")
         torch.manual_seed(seed)  # peft draws A (Kaiming-uniform) from the global RNG: make it a function of the seed
-        peft_model = get_peft_model(model, config)
-        if adapter_dtype is not None:
-            for _, p in peft_model.named_parameters():
-                if p.requires_grad:
-                    p.data = p.data.to(adapter_dtype)
-        peft_model.eval()
-        return peft_model
-    n = virtual_tokens or DEFAULT_VIRTUAL_TOKENS[mode]
-    wrapped = PrefixModel(model, n, seed, prefix_init) if mode == "prefix" else PromptModel(model, n, seed)
+        wrapped = get_peft_model(model, config)
+    else:
+        n = virtual_tokens or DEFAULT_VIRTUAL_TOKENS[mode]
+        wrapped = PrefixModel(model, n, seed, prefix_init) if mode == "prefix" else PromptModel(model, n, seed)
     if adapter_dtype is not None:
         for p in wrapped.parameters():
             if p.requires_grad:

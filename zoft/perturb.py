@@ -86,9 +86,15 @@ def _work(device: torch.device) -> torch.Tensor:
 def _mixed(p: torch.Tensor, *others: torch.Tensor) -> bool:
     """Whether an in-place op on half-precision p goes through the fp32 chunk buffer: when it takes fp32 operands
     (bf16/fp16 weights with fp32 noise or state; torch would promote through whole-tensor fp32 temporaries), and
-    always inside `stochastic_rounding`."""
+    always inside `stochastic_rounding` or for exact-bf16 weights (`_chunked`)."""
     return (p.dtype in (torch.bfloat16, torch.float16) and p.is_contiguous()
-            and (bool(_SR) or any(o.dtype == torch.float32 for o in others) or _residual_of(p) is not None))
+            and (bool(_SR) or _residual_of(p) is not None or any(o.dtype == torch.float32 for o in others)))
+
+
+def _chunked(p: torch.Tensor) -> bool:
+    """Whether every in-place update of p, whatever its operands, must go through the fp32 chunk buffer (to be
+    rounded stochastically, or joined with its exact-bf16 residual)."""
+    return _mixed(p)
 
 
 def _mixed_apply(p: torch.Tensor, op, *others: torch.Tensor) -> None:
@@ -262,7 +268,7 @@ def scale_(p: torch.Tensor, c: float) -> None:
     """p ← c·p in place (weight decay); rounds stochastically inside `stochastic_rounding` for bf16/fp16 p."""
     if c == 1.0:
         return
-    if (_SR or _residual_of(p) is not None) and p.dtype in (torch.bfloat16, torch.float16) and p.is_contiguous():
+    if _chunked(p):
         _mixed_apply(p, lambda w: w.mul_(c))
     else:
         p.mul_(c)
@@ -351,7 +357,8 @@ class PerturbationEngine:
     Args:
         params: the trainable tensors θ_1..θ_K in their fixed order; the position in this list is the tensor
             index i that enters the seed.
-        noise: "table" (seeded windows of the noise table, the default) or "randn" (`torch.randn`, exact N(0, I)).
+        noise: "table" (seeded windows of the noise table, the default), "philox" (the fused Triton kernel) or
+            "randn" (`torch.randn`, exact N(0, I)).
 
     Counters `passes` (full sweeps over the parameters) and `regenerations` (z_i draws) let tests and
     benchmarks check the cost of an algorithm (ALGORITHMS.md §1.10 T6).
@@ -453,16 +460,15 @@ class PerturbationEngine:
             return
         g, s = noise_table(p.device, _table_dtype(p))
         flat = p.view(-1)
-        rounded = bool(_SR) and p.dtype in (torch.bfloat16, torch.float16)
+        chunked = _chunked(p)
         for a, b, og, os_ in _windows(p.numel(), tensor_seed(seed, index, probe, tag)):
-            if rounded:  # z window in fp32, then the stochastically rounded add
-                zw = torch.mul(g[og:og + b - a], s[os_:os_ + b - a], out=self.work("window", b - a, p.device)[:b - a])
-                add_(flat[a:b], zw, alpha)
-            elif g.dtype != p.dtype:  # exact bf16: the fp32 tables and fp32's own addcmul_ on the joined value
-                _mixed_apply(flat[a:b], lambda w, gw, sw: w.addcmul_(gw, sw, value=alpha), g[og:og + b - a],
-                             s[os_:os_ + b - a])
-            else:
-                flat[a:b].addcmul_(g[og:og + b - a], s[os_:os_ + b - a], value=alpha)
+            gw, sw = g[og:og + b - a], s[os_:os_ + b - a]
+            if not chunked:
+                flat[a:b].addcmul_(gw, sw, value=alpha)
+            elif g.dtype == torch.float32:  # exact bf16: fp32's own addcmul_ on the joined value, as in fp32 runs
+                _mixed_apply(flat[a:b], lambda w, gw_, sw_: w.addcmul_(gw_, sw_, value=alpha), gw, sw)
+            else:  # stochastic rounding: the z window in fp32, then the rounded add
+                add_(flat[a:b], torch.mul(gw, sw, out=self.work("window", b - a, p.device)[:b - a]), alpha)
         self.regenerations += 1
 
     def draw(self, shape: tuple[int, ...], seed: int, device: torch.device) -> torch.Tensor:
@@ -489,26 +495,33 @@ class PerturbationEngine:
 
     @torch.no_grad()
     def axpy_all_(self, seed: int, coefs: Sequence[float], decays: Sequence[float] | None = None,
-                  probe: int = 0) -> None:
+                  probe: int = 0, hessians: Sequence[torch.Tensor] | None = None) -> None:
         """θ_i ← decay_i·θ_i + coef_i·z_i for every tensor (one pass): one kernel launch per (device, dtype)
-        with the philox generator, fused windows with the table."""
+        with the philox generator, fused windows with the table. `hessians` (philox only, see `fused_all`):
+        per-tensor H, read in the same pass to step by coef_i·z_i/√H_i (HiZOO)."""
         self.passes += 1
         decays = [1.0] * len(self.params) if decays is None else decays
-        if self.kind == "philox" and all(self._fused_kernel(p) for p in self.params):
+        if self.fused_all():
             from zoft import kernels
 
-            kernels.launch(self.params, [tensor_seed(seed, i, probe) for i in range(len(self.params))], coefs, decays)
+            kernels.launch(self.params, [tensor_seed(seed, i, probe) for i in range(len(self.params))], coefs, decays,
+                           hessians)
             self.regenerations += len(self.params)
             return
+        if hessians is not None:
+            raise ValueError("an H-scaled pass runs only in the fused philox kernel; check fused_all() first")
         for i, p in enumerate(self.params):
             scale_(p, decays[i])
             self.axpy_(i, seed, coefs[i], probe)
 
+    def fused_all(self) -> bool:
+        """Whether a pass over every tensor is one philox kernel launch per (device, dtype) group."""
+        return all(self._fused_kernel(p) for p in self.params)
+
     def _fused_kernel(self, p: torch.Tensor) -> bool:
-        """Whether the philox kernel applies the update itself (not under stochastic rounding of half weights,
-        which goes through the fp32 chunk path)."""
-        return (self.kind == "philox" and p.is_contiguous()
-                and not (_SR and p.dtype in (torch.bfloat16, torch.float16)) and _residual_of(p) is None)
+        """Whether the philox kernel applies p's update itself (not when p's updates go through the fp32 chunk
+        path: stochastic rounding, exact bf16)."""
+        return self.kind == "philox" and p.is_contiguous() and not _chunked(p)
 
     def max_buffer_bytes(self) -> int:
         """One fp32 buffer the size of the largest tensor per device: the z buffer of `noise`, or a scratch slot."""

@@ -29,6 +29,7 @@ from zoft.algos import ALGORITHMS, trainable_parameters
 from zoft.checkpoint import (latest_checkpoint, load_optimizer_state, load_weights_into, prune_checkpoints,
                              read_state, save_checkpoint)
 from zoft.config import NON_TRAJECTORY_OPTIONS, ConfigError, TrainConfig, algorithm_options, finalize, to_yaml
+from zoft.memory import peak_memory, reset_peak_memory
 from zoft.perturb import mix
 from zoft.progress import Reporter
 from zoft.scoring import Encoded, pad_id, classification_loss, collate, encode_examples, evaluate
@@ -218,7 +219,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     opt = algo_cls(named, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, seed=cfg.seed, noise=cfg.noise,
                    **{k: getattr(cfg, k) for k in algo_cls.config_keys})
     opt.stochastic_rounding = cfg.stochastic_rounding
-    _reset_peak_memory(device)  # from here on: what training and evaluation need, not what loading took
+    reset_peak_memory(device)  # from here on: what training and evaluation need, not what loading took
     if cfg.exact_bf16:
         opt.keep_residuals()
     elif any(p.dtype == torch.bfloat16 for _, p in named) and cfg.steps >= 100:
@@ -329,7 +330,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         state["best_step"] = cfg.steps
         shutil.copytree(out / "final", out / "best", dirs_exist_ok=True)
     summary = _final_eval(cfg, state, model, eval_enc, pad, device, out)
-    summary["peak_memory_bytes"] = _peak_memory(device)
+    summary["peak_memory_bytes"] = peak_memory(device)
     if cfg.merge:
         _write_merged(model, tokenizer, out / "final")
     metrics.write({"event": "end", "step": cfg.steps, **summary["eval"],
@@ -337,30 +338,6 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     plot_metrics(metrics.records, out / "loss.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     return summary
-
-
-def _reset_peak_memory(device: torch.device) -> None:
-    """Restart the peak-memory counter: CUDA's allocator peak, or the process's VmHWM on Linux."""
-    if device.type == "cuda":
-        torch.cuda.reset_peak_memory_stats(device)
-        return
-    try:
-        with open("/proc/self/clear_refs", "w") as f:
-            f.write("5")
-    except OSError:
-        pass
-
-
-def _peak_memory(device: torch.device) -> int | None:
-    """Peak bytes since `_reset_peak_memory`: `torch.cuda.max_memory_allocated`, or resident memory (VmHWM, the
-    whole process: weights, torch, activations) on the CPU; None where neither can be read."""
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    try:
-        with open("/proc/self/status") as f:
-            return next(int(line.split()[1]) * 1024 for line in f if line.startswith("VmHWM"))
-    except (OSError, StopIteration):
-        return None
 
 
 def _write_merged(model, tokenizer, final: Path) -> None:

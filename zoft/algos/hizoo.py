@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 
 from zoft.algos.base import Closure, ZOOptimizer, check_finite
-from zoft.perturb import addcdiv_, scale_, stochastic_rounding, tensor_seed
+from zoft.perturb import addcdiv_, scale_, stochastic_rounding
 
 _H_MIN, _H_MAX = 1e-12, 1e30
 
@@ -99,7 +99,7 @@ class HiZOO(ZOOptimizer):
         for i, p in enumerate(self._tensors):
             self._init_state(i, p)
 
-    # -- curvature state (HiZOO-L overrides these four) ------------------------------------------------
+    # -- curvature state (HiZOO-L overrides these five) ------------------------------------------------
     def _init_state(self, index: int, p: torch.Tensor) -> None:
         self.state[p]["hessian"] = torch.ones(p.shape, dtype=torch.float32, device=p.device)
 
@@ -117,6 +117,10 @@ class HiZOO(ZOOptimizer):
 
     def _log_h(self, index: int) -> torch.Tensor:
         return self.state[self._tensors[index]]["hessian"].log()
+
+    def _dense_hessians(self) -> list[torch.Tensor] | None:
+        """H per tensor as dense fp32 tensors, which the fused kernel can read; None where H is factored."""
+        return [self.state[p]["hessian"] for p in self._tensors]
 
     # ---------------------------------------------------------------------------------------------------
     def _sample_weight(self, index: int, z: torch.Tensor) -> torch.Tensor:
@@ -137,12 +141,9 @@ class HiZOO(ZOOptimizer):
     @torch.no_grad()
     def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
         """θ += scale·z/√H (one pass; with the philox kernel, H is read in the same fused pass)."""
-        if type(self) is HiZOO and all(self.engine._fused_kernel(p) for p in self._tensors):
-            from zoft import kernels
-
-            self.engine.count_pass()
-            kernels.launch(self._tensors, [tensor_seed(seed, i, probe) for i in range(len(self._tensors))],
-                           [scale] * len(self._tensors), hessians=[self.state[p]["hessian"] for p in self._tensors])
+        hessians = self._dense_hessians()
+        if hessians is not None and self.engine.fused_all():
+            self.engine.axpy_all_(seed, [scale] * len(self._tensors), probe=probe, hessians=hessians)
             return
         for i, p, z in self.engine.sweep(seed, probe):
             addcdiv_(p, z, self._sqrt_h(i, 0), scale)
@@ -235,3 +236,6 @@ class HiZOOL(HiZOO):
         if self._factors(index) is None:
             return super()._log_h(index)
         return self._build_h(index, 1).log_()
+
+    def _dense_hessians(self) -> None:
+        return None  # the matrices' H is factored: the perturbation rebuilds it per tensor

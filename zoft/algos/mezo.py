@@ -134,12 +134,6 @@ def resolve_adam(cls, momentum: float | None, beta2: float | None, adam_eps: flo
     return {"momentum": beta1, "beta2": beta2, "adam_eps": delta}
 
 
-def sgd_dense_update(p: torch.Tensor, z: torch.Tensor, g: float, eps: float, lr: float, decay: float) -> None:
-    """MeZO's fused P3 on one tensor: θ ← c·θ + (c·ε − η·g)·z, i.e. c·θ_orig − η·g·z from θ_cur = θ_orig − ε·z."""
-    scale_(p, decay)
-    add_(p, z, decay * eps - lr * g)
-
-
 def dense_adam_state(p: torch.Tensor, shape: tuple[int, ...] | torch.Size | None = None) -> dict[str, torch.Tensor]:
     """Zeroed Adam moments (`exp_avg`, `exp_avg_sq`) of `shape` (default p's) in the state dtype of p."""
     shape = p.shape if shape is None else shape

@@ -44,7 +44,7 @@ from collections.abc import Sequence
 import torch
 
 from zoft.algos.base import TwoPointZO, state_dtype
-from zoft.algos.mezo import adam_dense_update, dense_adam_state, resolve_adam, resolve_momentum, sgd_dense_update
+from zoft.algos.mezo import adam_dense_update, dense_adam_state, resolve_adam, resolve_momentum
 from zoft.perturb import MIXED_CHUNK, add_, addcdiv_, mix, scale_, tag_id, tensor_seed
 
 #: fp32 numbers per row block when an m×n product must exist (bf16 weights, TeZO-Adam's M̂/V̂): 16 MiB
@@ -237,7 +237,7 @@ class TeZO(TwoPointZO):
             if self.ranks[i]:
                 self.add_lowrank(i, self.tau(i, seed) * (scale * self.scale(i)))
             else:
-                add_(p, self.engine.noise(i, seed, probe), scale)
+                self.engine.axpy_(i, seed, scale, probe)
 
     # -- P3 -----------------------------------------------------------------------------------------------
     def _update(self, seed: int, g: float) -> None:
@@ -248,8 +248,9 @@ class TeZO(TwoPointZO):
             if self.ranks[i]:
                 # W ← c·W + s·U·diag((c·ε − η·κ)·τ)·Vᵀ = c·W_orig − η·κ·Z_t, one addmm
                 self.add_lowrank(i, self.tau(i, seed) * ((c * eps - lr * g) * self.scale(i)), beta=c)
-            else:
-                sgd_dense_update(p, self.engine.noise(i, seed), g, eps, lr, c)
+            else:  # MeZO's fused P3 on the dense tensor
+                scale_(p, c)
+                self.engine.axpy_(i, seed, c * eps - lr * g)
 
 
 class TeZOM(TeZO):
