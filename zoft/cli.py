@@ -105,16 +105,19 @@ def train(
     model: Annotated[Optional[str], typer.Option(help="Hub id, local HF model dir, or the embedded offline "
                                                  "default smollm2-135m.", show_default=_D.model,
                                                  rich_help_panel=M)] = None,
-    task: Annotated[Optional[str], typer.Option(help="sst2, rte, boolq or custom (see `zoft list`).",
+    task: Annotated[Optional[str], typer.Option(help="sst2, rte, cb, boolq, wsc, wic, multirc, copa, record, "
+                                                "squad, drop, sst5, snli, mnli, trec or custom (see `zoft list`).",
                                                 show_default=_D.task, rich_help_panel=DT)] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Dir with the task's original files (GLUE tsv, "
-                                                    "SuperGLUE jsonl), or 'builtin' for zoft's SST-2 sample. "
-                                                    "Default: the Hub, falling back to the sample offline.",
+                                                    "SuperGLUE jsonl, SQuAD json/zip, TREC txt, LM-BFF k-shot "
+                                                    "tsv), or 'builtin' for zoft's SST-2 sample. Default: the "
+                                                    "Hub, falling back to the sample offline.",
                                                     show_default=False, rich_help_panel=DT)] = None,
     data_file: Annotated[Optional[str], typer.Option(help="Custom task: train jsonl/csv.", show_default=False,
                                                      rich_help_panel=DT)] = None,
-    eval_file: Annotated[Optional[str], typer.Option(help="Custom task: eval jsonl/csv (default: rows of "
-                                                     "--data-file not sampled for train/dev).",
+    eval_file: Annotated[Optional[str], typer.Option(help="Evaluate on this file instead of the task's eval "
+                                                     "split (e.g. snli/dev.jsonl beside a k-shot --data-dir). "
+                                                     "Custom task default: rows of --data-file not sampled.",
                                                      show_default=False, rich_help_panel=DT)] = None,
     text_field: Annotated[Optional[str], typer.Option(help="Custom task: text column (default sentence or text).",
                                                       show_default=False, rich_help_panel=DT)] = None,
@@ -126,8 +129,18 @@ def train(
     template: Annotated[Optional[str], typer.Option(help="Custom task: prompt template over the columns, e.g. "
                                                     "'{sentence} It was'.", show_default=False,
                                                     rich_help_panel=DT)] = None,
-    num_train: Annotated[Optional[int], typer.Option(help="Train examples sampled (MeZO protocol).",
-                                                     show_default=str(_D.num_train), rich_help_panel=DT)] = None,
+    prompt_field: Annotated[Optional[str], typer.Option(help="Custom generation task: prompt column (or use "
+                                                        "--template).", show_default="prompt",
+                                                        rich_help_panel=DT)] = None,
+    target_field: Annotated[Optional[str], typer.Option(help="Custom generation task: the column to generate; "
+                                                        "scored by token F1 / exact match.", show_default=False,
+                                                        rich_help_panel=DT)] = None,
+    num_train: Annotated[Optional[int], typer.Option(help="Train examples sampled (MeZO protocol); per label "
+                                                     "with --per-label.", show_default=str(_D.num_train),
+                                                     rich_help_panel=DT)] = None,
+    per_label: Annotated[bool, typer.Option("--per-label", help="k-shot sampling: --num-train (and --num-dev, "
+                                            "default the same) examples per label, as in MeZO's RoBERTa "
+                                            "experiments (k = 16 or 512).", rich_help_panel=DT)] = False,
     num_dev: Annotated[Optional[int], typer.Option(help="Dev examples (taken from train) for checkpoint "
                                                    "selection.", show_default="500", rich_help_panel=DT)] = None,
     num_eval: Annotated[Optional[int], typer.Option(help="Eval examples sampled from the validation split.",
@@ -169,6 +182,11 @@ def train(
                                                 "moments in r-space: Adam-style below MeZO's memory). "
                                                 "See `zoft list`.",
                                                 show_default=_D.algo, rich_help_panel=Z)] = None,
+    objective: Annotated[Optional[str], typer.Option(help="ce (cross-entropy; COPA, ReCoRD and generation tasks: "
+                                                     "on the gold tokens), or a non-differentiable one: accuracy "
+                                                     "(classification) or f1 (generation), minimising minus the "
+                                                     "batch metric (MeZO Table 3).", show_default=_D.objective,
+                                                     rich_help_panel=Z)] = None,
     lr: Annotated[Optional[float], typer.Option(help="Learning rate (constant). Default: the algorithm's "
                                                 "(MeZO full FT 1e-6).", show_default=False, rich_help_panel=Z)] = None,
     eps: Annotated[Optional[float], typer.Option(help="Perturbation scale ε.", show_default="1e-3",
@@ -273,13 +291,14 @@ def train(
     overrides: dict[str, Any] = {k: v for k, v in locals().items()
                                  if k not in ("recipe", "as_json", "overwrite", "resume", "allow_degenerate",
                                               "stochastic_rounding", "exact_bf16", "load_in_8bit", "load_in_4bit",
-                                              "merge")}
+                                              "merge", "per_label")}
     overrides = {k: (v.value if isinstance(v, Enum) else v) for k, v in overrides.items()}
     overrides["overwrite"] = overwrite or None
     overrides["resume"] = resume or None
     overrides["allow_degenerate"] = allow_degenerate or None
     overrides["stochastic_rounding"] = stochastic_rounding or None
     overrides["exact_bf16"] = exact_bf16 or None
+    overrides["per_label"] = per_label or None
     for flag, value in (("load_in_8bit", load_in_8bit), ("load_in_4bit", load_in_4bit), ("merge", merge)):
         overrides[flag] = value or None
     from zoft.config import resolve
@@ -323,16 +342,16 @@ def _run_training(cfg: TrainConfig, as_json: bool) -> None:
 
 
 def _print_summary(summary: dict[str, Any]) -> None:
-    zs = summary["zero_shot"]
+    zs, metric = summary["zero_shot"], summary["metric"]
     table = Table(title=f"zoft {summary['config']['algo']} on {summary['config']['task']}  "
                         f"({summary['output_dir']}, {summary['elapsed_s']:.0f} s)")
     table.add_column("weights")
-    table.add_column("dev accuracy", justify="right")
-    table.add_column("eval accuracy", justify="right")
+    table.add_column(f"dev {metric}", justify="right")
+    table.add_column(f"eval {metric}", justify="right")
     fmt = lambda x: "—" if x is None else f"{100 * x:.1f}%"  # noqa: E731
-    table.add_row("zero-shot", fmt(zs.get("dev_accuracy")), fmt(zs.get("eval_accuracy")))
-    table.add_row(f"[bold]fine-tuned[/] (best, step {summary['best_step']})", fmt(summary["best_dev_accuracy"]),
-                  fmt(summary["eval"]["eval_accuracy"]))
+    table.add_row("zero-shot", fmt(zs.get(f"dev_{metric}")), fmt(zs.get(f"eval_{metric}")))
+    table.add_row(f"[bold]fine-tuned[/] (best, step {summary['best_step']})", fmt(summary[f"best_dev_{metric}"]),
+                  fmt(summary["eval"][f"eval_{metric}"]))
     out.print(table)
 
 

@@ -37,13 +37,17 @@ class TrainConfig:
     task: str = "sst2"
     data_dir: str | None = None         # dir with the task's original files, or "builtin" for the shipped sample
     data_file: str | None = None        # custom task: train jsonl/csv
-    eval_file: str | None = None        # custom task: eval jsonl/csv (default: rows of data_file not sampled)
+    eval_file: str | None = None        # file to evaluate on instead of the eval split (custom: default = rows of
+                                        # data_file not sampled)
     text_field: str | None = None
     label_field: str = "label"
     verbalizer: str | None = None       # custom task: "0=terrible,1=great"
     template: str | None = None         # custom task: "{sentence} It was"
+    prompt_field: str | None = None     # custom generation task: prompt column (default prompt)
+    target_field: str | None = None     # custom generation task: target column (makes the task a generation one)
     num_train: int = 1000               # MeZO protocol: 1000 train / 500 dev / 1000 eval
-    num_dev: int | None = None          # None → the task's default (500; CB and COPA 100)
+    num_dev: int | None = None          # None → the task's default (500; CB and COPA 100; --per-label: num_train)
+    per_label: bool = False             # k-shot: num_train / num_dev are per label (RoBERTa experiments)
     num_eval: int = 1000
     train_set_seed: int = 0             # seed of the train/dev/eval sampling permutation
     max_length: int = 2048              # tokens per sequence, left-truncated keeping BOS
@@ -59,6 +63,7 @@ class TrainConfig:
     merge: bool = False                 # lora: write final/ merged as a plain HF model (adapter in final/adapter)
     # ZO algorithm
     algo: str = "mezo"
+    objective: str = "ce"               # ce | accuracy | f1: minus the batch metric (non-differentiable, MeZO Table 3)
     lr: float | None = None             # None → the algorithm's default (MeZO full FT: 1e-6)
     eps: float | None = None            # None → the algorithm's default (1e-3)
     weight_decay: float = 0.0
@@ -189,8 +194,25 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--task {cfg.task}: unknown task; choose from {', '.join([*TASKS, 'custom'])}")
     if cfg.task == "custom" and not cfg.data_file:
         raise ConfigError("--task custom needs --data-file (a jsonl or csv with text and label columns)")
-    if cfg.task != "custom" and (cfg.data_file or cfg.verbalizer or cfg.template):
-        raise ConfigError("--data-file/--verbalizer/--template apply to --task custom only")
+    custom_only = ("data_file", "verbalizer", "template", "prompt_field", "target_field", "text_field")
+    given = [cfg.flag(k) for k in custom_only if getattr(cfg, k) is not None]
+    if cfg.task != "custom" and given:
+        raise ConfigError(f"{'/'.join(given)} apply to --task custom only; --task {cfg.task} has its own template")
+    if cfg.target_field is not None and cfg.verbalizer is not None:
+        raise ConfigError("--target-field (generation) and --verbalizer (classification) contradict each other; "
+                          "keep one")
+    if cfg.prompt_field is not None and cfg.target_field is None:
+        raise ConfigError("--prompt-field needs --target-field (the column the model learns to generate)")
+    from zoft.objectives import OBJECTIVES
+
+    if cfg.objective not in OBJECTIVES:
+        raise ConfigError(f"--objective {cfg.objective}: choose {', '.join(OBJECTIVES)}")
+    if cfg.task in TASKS:
+        from zoft.objectives import check
+
+        problem = check(cfg.objective, TASKS[cfg.task].objective, cfg.task)
+        if problem:
+            raise ConfigError(problem)
     algo_keys = ALGORITHMS[cfg.algo].config_keys
     defaults = TrainConfig()
     for key in algorithm_options():

@@ -26,37 +26,73 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
-from zoft.tasks import Example
+from zoft.tasks import Example, GenExample
 
 
 @dataclass(frozen=True)
 class Encoded:
-    """One example tokenised: a token list per candidate, each candidate's option length, and the gold index."""
+    """One example tokenised: a token list per candidate, each candidate's option length, and the gold index.
+
+    Generation examples have one row (prompt + target) and also carry the prompt alone (`prompt`, left-truncated
+    so that `MAX_NEW_TOKENS` still fit) and the gold `answers`. `golds` lists every candidate counted correct
+    (ReCoRD); empty means `(label,)`.
+    """
 
     rows: tuple[tuple[int, ...], ...]
     option_lens: tuple[int, ...]
     label: int
+    golds: tuple[int, ...] = ()
+    prompt: tuple[int, ...] = ()
+    answers: tuple[str, ...] = ()
+
+    @property
+    def correct(self) -> tuple[int, ...]:
+        return self.golds or (self.label,)
+
+    def gold_only(self) -> "Encoded":
+        """The gold row alone: what token-level cross-entropy trains on (COPA, ReCoRD, generation)."""
+        return Encoded((self.rows[self.label],), (self.option_lens[self.label],), 0)
 
 
-def encode_examples(tokenizer, examples: Sequence[Example], max_length: int = 2048) -> list[Encoded]:
-    """Tokenise every (prompt, candidate) pair once, with left truncation that keeps BOS."""
+#: generation budget (ALGORITHMS.md §8.4): at most 50 new tokens, cut at the first newline or EOS
+MAX_NEW_TOKENS = 50
+
+
+def _truncate_left(ids: list[int], max_length: int, bos: int | None) -> list[int]:
+    """Drop tokens from the left so `ids` fits, keeping a leading BOS."""
+    if len(ids) <= max_length:
+        return ids
+    keep_bos = bos is not None and ids[0] == bos
+    return ids[:1] + ids[len(ids) - max_length + 1:] if keep_bos else ids[len(ids) - max_length:]
+
+
+def encode_examples(tokenizer, examples: Sequence[Example | GenExample], max_length: int = 2048,
+                    context: str = "") -> list[Encoded]:
+    """Tokenise every (prompt, candidate) pair once, with left truncation that keeps BOS.
+
+    `context` is put in front of every prompt: the in-context demonstrations of `zoft eval --icl`.
+    """
     out = []
     bos = tokenizer.bos_token_id
     for ex in examples:
-        prompt_ids = tokenizer(ex.prompt).input_ids
+        prompt = context + ex.prompt
+        prompt_ids = tokenizer(prompt).input_ids
+        generation = isinstance(ex, GenExample)
         rows, lens = [], []
-        for cand in ex.candidates:
-            ids = tokenizer(ex.prompt + cand).input_ids
+        for cand in ((ex.target,) if generation else ex.candidates):
+            ids = tokenizer(prompt + cand).input_ids
             option_len = len(ids) - len(prompt_ids)
             if option_len < 1:
                 raise ValueError(f"candidate {cand!r} adds no token to prompt {ex.prompt[-40:]!r}")
-            if len(ids) > max_length:  # drop from the left, keeping a leading BOS
-                keep_bos = bos is not None and ids[0] == bos
-                ids = ids[:1] + ids[len(ids) - max_length + 1:] if keep_bos else ids[len(ids) - max_length:]
-                option_len = min(option_len, len(ids) - 1)
+            ids = _truncate_left(ids, max_length, bos)
+            option_len = min(option_len, len(ids) - 1)
             rows.append(tuple(ids))
             lens.append(option_len)
-        out.append(Encoded(tuple(rows), tuple(lens), ex.label))
+        if generation:
+            gen_prompt = _truncate_left(prompt_ids, max(max_length - MAX_NEW_TOKENS, 2), bos)
+            out.append(Encoded(tuple(rows), tuple(lens), 0, prompt=tuple(gen_prompt), answers=ex.answers))
+        else:
+            out.append(Encoded(tuple(rows), tuple(lens), ex.label, golds=ex.golds))
     return out
 
 
@@ -136,23 +172,50 @@ def _forward_kwargs(model) -> set[str]:
     return cached
 
 
-def candidate_scores(model, batch: Batch) -> torch.Tensor:
-    """[N, C] mean option log-prob of every candidate (−inf where an example has fewer candidates)."""
-    shared = batch.candidate_tokens is not None
-    k = batch.targets.shape[1]
+def _model_kwargs(model, batch: Batch, keep: int) -> dict:
     kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
     accepted = _forward_kwargs(model)
     if "position_ids" in accepted:
         kwargs["position_ids"] = batch.position_ids
     if "logits_to_keep" in accepted:
-        kwargs["logits_to_keep"] = 1 if shared else k + 1
+        kwargs["logits_to_keep"] = keep
+    return kwargs
+
+
+def _option_logprobs(model, kwargs: dict, batch: Batch) -> torch.Tensor:
+    """[R, K] log-prob of each of the last K tokens of every row (zero where `target_mask` is 0 is not applied)."""
+    k = batch.targets.shape[1]
+    logits = model(**kwargs).logits[:, -(k + 1):-1]  # position t predicts token t+1
+    return F.log_softmax(logits.float(), dim=-1).gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+
+
+def gold_token_nll(model, batch: Batch) -> tuple[torch.Tensor, int]:
+    """(summed negative log-likelihood, token count) of the option tokens of a batch of gold rows."""
+    logp = _option_logprobs(model, _model_kwargs(model, batch, batch.targets.shape[1] + 1), batch)
+    return -(logp * batch.target_mask).sum(), int(batch.target_mask.sum())
+
+
+def lm_loss(model, batches: Sequence[Batch]) -> torch.Tensor:
+    """Token-level cross-entropy on the gold continuation (COPA, ReCoRD, SQuAD, DROP; ALGORITHMS.md §8.3),
+    token-weighted over micro-batches so accumulation equals one big batch."""
+    total, count = None, 0
+    for b in batches:
+        nll, n = gold_token_nll(model, b)
+        total = nll if total is None else total + nll
+        count += n
+    return total / max(count, 1)
+
+
+def candidate_scores(model, batch: Batch) -> torch.Tensor:
+    """[N, C] mean option log-prob of every candidate (−inf where an example has fewer candidates)."""
+    shared = batch.candidate_tokens is not None
+    kwargs = _model_kwargs(model, batch, 1 if shared else batch.targets.shape[1] + 1)
     if shared:  # the next-token distribution after the prompt scores every single-token candidate
         logp = F.log_softmax(model(**kwargs).logits[:, -1].float(), dim=-1)
         cand = batch.candidate_tokens
         scores = logp.gather(1, cand.clamp(min=0))
         return scores.masked_fill(cand < 0, float("-inf"))
-    logits = model(**kwargs).logits[:, -(k + 1):-1]  # position t predicts token t+1
-    logp = F.log_softmax(logits.float(), dim=-1).gather(-1, batch.targets.unsqueeze(-1)).squeeze(-1)
+    logp = _option_logprobs(model, kwargs, batch)
     row_scores = (logp * batch.target_mask).sum(1) / batch.target_mask.sum(1)
     scores = torch.full((len(batch.labels), batch.num_candidates), float("-inf"), device=row_scores.device)
     scores[batch.row_example, batch.row_candidate] = row_scores
@@ -169,21 +232,61 @@ def classification_loss(model, batches: Sequence[Batch]) -> torch.Tensor:
     return total / count
 
 
+def accuracy_objective(model, batches: Sequence[Batch]) -> float:
+    """Minus the batch accuracy (argmax of the candidate scores): MeZO's non-differentiable objective."""
+    correct, count = 0, 0
+    for b in batches:
+        correct += int((candidate_scores(model, b).argmax(1) == b.labels).sum())
+        count += len(b.labels)
+    return -correct / count
+
+
 @torch.inference_mode()
 def evaluate(model, encoded: Sequence[Encoded], pad_id: int, batch_size: int = 16,
-             device: torch.device | str = "cpu") -> dict[str, float]:
-    """Accuracy (argmax mean option log-prob, no calibration) and mean CE loss over `encoded`."""
+             device: torch.device | str = "cpu", objective: str = "classification", tokenizer=None) -> dict:
+    """Score `encoded` as the task's `objective` kind says (ALGORITHMS.md §8.4).
+
+    classification: accuracy (argmax mean option log-prob, no calibration; ReCoRD counts any gold) and mean
+    cross-entropy over the candidates. lm (COPA, ReCoRD): the same accuracy, and the token cross-entropy on the
+    gold candidate as loss. generation: token F1 and exact match of greedy decodes (needs `tokenizer`), the
+    predictions in input order, and the token cross-entropy on the gold target as loss.
+    """
     was_training = model.training
     model.eval()
-    correct, loss_sum = 0, 0.0
+    n = max(len(encoded), 1)
     # longest first: similar lengths share a batch, so little padding is computed
     order = sorted(range(len(encoded)), key=lambda i: -max(len(r) for r in encoded[i].rows))
-    for start in range(0, len(order), batch_size):
-        chunk = [encoded[i] for i in order[start:start + batch_size]]
-        batch = collate(chunk, pad_id, device)
-        scores = candidate_scores(model, batch)
-        correct += int((scores.argmax(1) == batch.labels).sum())
-        loss_sum += float(F.cross_entropy(scores, batch.labels, reduction="sum"))
+    chunks = [[encoded[i] for i in order[start:start + batch_size]] for start in range(0, len(order), batch_size)]
+    result: dict = {"num_examples": len(encoded)}
+    if objective in ("lm", "generation"):
+        nll, tokens = 0.0, 0
+        for chunk in chunks:
+            total, count = gold_token_nll(model, collate([e.gold_only() for e in chunk], pad_id, device))
+            nll, tokens = nll + float(total), tokens + count
+        result["loss"] = nll / max(tokens, 1)
+    if objective == "generation":
+        from zoft.generate import generation_metrics
+
+        if tokenizer is None:
+            raise ValueError("generation tasks need the tokenizer to decode")
+        predictions: list[str | None] = [None] * len(encoded)
+        f1_sum = em_sum = 0.0
+        for start in range(0, len(order), batch_size):
+            idx = order[start:start + batch_size]
+            preds, f1s, ems = generation_metrics(model, tokenizer, [encoded[i] for i in idx], pad_id, device)
+            for i, pred in zip(idx, preds):
+                predictions[i] = pred
+            f1_sum, em_sum = f1_sum + sum(f1s), em_sum + sum(ems)
+        result.update(f1=f1_sum / n, exact_match=em_sum / n, predictions=predictions)
+    else:
+        correct, ce_sum = 0, 0.0
+        for chunk in chunks:
+            batch = collate(chunk, pad_id, device)
+            scores = candidate_scores(model, batch)
+            pred = scores.argmax(1).tolist()
+            correct += sum(p in e.correct for p, e in zip(pred, chunk))
+            ce_sum += float(F.cross_entropy(scores, batch.labels, reduction="sum"))
+        result["accuracy"] = correct / n
+        result.setdefault("loss", ce_sum / n)
     model.train(was_training)
-    n = max(len(encoded), 1)
-    return {"accuracy": correct / n, "loss": loss_sum / n, "num_examples": len(encoded)}
+    return result

@@ -32,7 +32,8 @@ from zoft.config import NON_TRAJECTORY_OPTIONS, ConfigError, TrainConfig, algori
 from zoft.memory import peak_memory, reset_peak_memory
 from zoft.perturb import mix
 from zoft.progress import Reporter
-from zoft.scoring import Encoded, pad_id, classification_loss, collate, encode_examples, evaluate
+from zoft.objectives import Objective
+from zoft.scoring import Encoded, encode_examples, evaluate, pad_id
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +42,8 @@ log = logging.getLogger(__name__)
 _TRAJECTORY_KEYS = ("model", "task", "data_dir", "data_file", "num_train", "num_dev", "train_set_seed",
                     "max_length", "algo", "lr", "eps", "weight_decay", "noise", "stochastic_rounding", "exact_bf16",
                     "mode", "lora_r", "lora_alpha", "lora_targets", "virtual_tokens", "prefix_init", "load_in_8bit",
-                    "load_in_4bit", "batch_size", "seed", "dtype")
+                    "load_in_4bit", "batch_size", "seed", "dtype", "objective", "per_label", "prompt_field",
+                    "target_field", "text_field", "label_field", "verbalizer", "template")
 
 
 def trajectory_keys() -> tuple[str, ...]:
@@ -60,10 +62,23 @@ def build_task(cfg: TrainConfig):
     """The Task object for `cfg.task` (a registered task, or a custom one built from files)."""
     from zoft.tasks import custom_task, get_task
 
+    if cfg.task == "custom" and cfg.target_field is not None:
+        from zoft.tasks.custom import custom_generation_task
+
+        return custom_generation_task(cfg.data_file, prompt_field=cfg.prompt_field, target_field=cfg.target_field,
+                                      template=cfg.template, eval_file=cfg.eval_file)
     if cfg.task == "custom":
         return custom_task(cfg.data_file, text_field=cfg.text_field, label_field=cfg.label_field,
                            verbalizer=cfg.verbalizer, template=cfg.template, eval_file=cfg.eval_file)
     return get_task(cfg.task)
+
+
+def check_objective(cfg: TrainConfig, task) -> None:
+    from zoft.objectives import check
+
+    problem = check(cfg.objective, task.objective, task.name)
+    if problem:
+        raise ConfigError(problem)
 
 
 def batch_indices(step: int, batch_size: int, num_train: int, seed: int) -> list[int]:
@@ -107,7 +122,7 @@ def prepare_output_dir(cfg: TrainConfig) -> Path | None:
 
 
 # What a key meant in runs saved before it existed (zoft 0.1 drew z with torch.randn only).
-_LEGACY = {"noise": "randn", "stochastic_rounding": False, "exact_bf16": False, "mode": "full", "lora_r": 8,
+_LEGACY = {"objective": "ce", "per_label": False, "prompt_field": None, "target_field": None, "noise": "randn", "stochastic_rounding": False, "exact_bf16": False, "mode": "full", "lora_r": 8,
            "lora_alpha": 16.0, "lora_targets": "q_proj,v_proj", "virtual_tokens": None, "prefix_init": "activations",
            "load_in_8bit": False, "load_in_4bit": False}
 
@@ -176,6 +191,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     reporter = reporter or Reporter()
     out = Path(cfg.output_dir)
     task = build_task(cfg)  # custom tasks validate their files here, before any model loads
+    check_objective(cfg, task)
     resume_from = prepare_output_dir(cfg)
     device = resolve_device(cfg.device)  # fail on --device cuda without a GPU before reading any data
     if cfg.exact_bf16 and resolve_dtype(cfg.dtype, device) != torch.bfloat16:
@@ -190,7 +206,11 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
                               f"{kernels.unavailable_reason()}; use --noise table")
     resolve_model_path(cfg.model, convert=False)  # cheap checks of --model before reading any data
     splits = load_splits(task, cfg.data_dir, num_train=cfg.num_train, num_dev=cfg.num_dev,
-                         num_eval=cfg.num_eval, seed=cfg.train_set_seed)
+                         num_eval=cfg.num_eval, seed=cfg.train_set_seed, per_label=cfg.per_label,
+                         eval_file=cfg.eval_file)
+    if cfg.batch_size > len(splits.train):
+        raise ConfigError(f"--batch-size {cfg.batch_size} exceeds the {len(splits.train)} train examples sampled; "
+                          "lower --batch-size or raise --num-train")
     model_path = resolve_model_path(cfg.model)  # may convert the embedded model once (~15 s)
     if cfg.num_dev is None:
         cfg.num_dev = len(splits.dev)
@@ -214,6 +234,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     dev_enc = encode_examples(tokenizer, splits.dev, cfg.max_length)
     eval_enc = encode_examples(tokenizer, splits.eval, cfg.max_length)
 
+    metric = task.metric
+    objective = Objective(cfg.objective, task.objective, pad, device, tokenizer)
     named = trainable_parameters(model)
     algo_cls = ALGORITHMS[cfg.algo]
     opt = algo_cls(named, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, seed=cfg.seed, noise=cfg.noise,
@@ -236,12 +258,14 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         to_yaml(cfg)
     (out / "config.yaml").write_text(config_yaml)
 
-    state: dict[str, Any] = {"step": 0, "best_dev_loss": math.inf, "best_dev_accuracy": None, "best_step": None,
+    state: dict[str, Any] = {"step": 0, "best_dev_loss": math.inf, "best_dev_metric": None, "best_step": None,
                              "elapsed_s": 0.0, "train_s": 0.0, "zero_shot": {}}
     if resume_from is not None:
         load_weights_into(model, resume_from)
         opt.load_state_dict(load_optimizer_state(resume_from))
         state = read_state(resume_from)
+        if "best_dev_accuracy" in state:  # runs saved before generation tasks had one metric key
+            state["best_dev_metric"] = state.pop("best_dev_accuracy")
         reporter.info(f"resumed from {resume_from} at step {state['step']}")
     metrics = _Metrics(out / "metrics.jsonl", state["step"] if resume_from is not None else None)
     if resume_from is None:
@@ -254,16 +278,23 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
                   f"{opt.forwards_per_step} forwards/step, optimizer state {_state_text(opt)}")
 
     def closure_for(indices: list[int]):
-        chunks = [indices[i:i + cfg.micro_batch_size] for i in range(0, len(indices), cfg.micro_batch_size)]
-        batches = [collate([train_enc[i] for i in c], pad, device) for c in chunks]
-        return lambda: classification_loss(model, batches)
+        chunks = [[train_enc[i] for i in indices[j:j + cfg.micro_batch_size]]
+                  for j in range(0, len(indices), cfg.micro_batch_size)]
+        batches = objective.batches(chunks)
+        return lambda: objective.loss(model, batches)
+
+    def score(encoded: list[Encoded]) -> dict[str, Any]:
+        result = evaluate(model, encoded, pad, cfg.eval_batch_size, device, task.objective, tokenizer)
+        # model selection: lowest dev loss under CE; under a non-differentiable objective, that objective
+        result["selection"] = result["loss"] if objective.differentiable else -result[metric]
+        return result
 
     def run_eval(step: int) -> dict[str, Any]:
-        result = evaluate(model, dev_enc, pad, cfg.eval_batch_size, device)
-        rec = {"event": "eval", "step": step, "dev_accuracy": result["accuracy"], "dev_loss": result["loss"],
+        result = score(dev_enc)
+        rec = {"event": "eval", "step": step, f"dev_{metric}": result[metric], "dev_loss": result["loss"],
                "forwards": opt.forwards, "elapsed_s": round(state["elapsed_s"], 3), **opt.diagnostics()}
         metrics.write(rec)
-        reporter.info(f"step {step}: dev accuracy {result['accuracy']:.4f}, dev loss {result['loss']:.4f}")
+        reporter.info(f"step {step}: dev {metric} {result[metric]:.4f}, dev loss {result['loss']:.4f}")
         return result
 
     def save(path: Path) -> None:
@@ -272,13 +303,13 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     start_step = state["step"]
     if start_step == 0 and len(dev_enc) and cfg.eval_every > 0:
         zs = run_eval(0)
-        state["zero_shot"]["dev_accuracy"] = zs["accuracy"]
+        state["zero_shot"][f"dev_{metric}"] = zs[metric]
         if len(eval_enc):
-            zs_eval = evaluate(model, eval_enc, pad, cfg.eval_batch_size, device)
-            state["zero_shot"]["eval_accuracy"] = zs_eval["accuracy"]
-            metrics.write({"event": "eval", "step": 0, "eval_accuracy": zs_eval["accuracy"],
+            zs_eval = score(eval_enc)
+            state["zero_shot"][f"eval_{metric}"] = zs_eval[metric]
+            metrics.write({"event": "eval", "step": 0, f"eval_{metric}": zs_eval[metric],
                            "eval_loss": zs_eval["loss"], "forwards": 0, "elapsed_s": 0.0})
-        state.update(best_dev_loss=zs["loss"], best_dev_accuracy=zs["accuracy"], best_step=0)
+        state.update(best_dev_loss=zs["selection"], best_dev_metric=zs[metric], best_step=0)
         save(out / "best")
 
     window: list[float] = []
@@ -312,8 +343,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
                 window.clear()
             if cfg.eval_every and done % cfg.eval_every == 0 and len(dev_enc):
                 result = run_eval(done)
-                if result["loss"] < state["best_dev_loss"]:
-                    state.update(best_dev_loss=result["loss"], best_dev_accuracy=result["accuracy"],
+                if result["selection"] < state["best_dev_loss"]:
+                    state.update(best_dev_loss=result["selection"], best_dev_metric=result[metric],
                                  best_step=done)
                     save(out / "best")
                 plot_metrics(metrics.records, out / "loss.png")
@@ -329,7 +360,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     if state["best_step"] is None:  # no dev evaluation: the final weights are the best we know
         state["best_step"] = cfg.steps
         shutil.copytree(out / "final", out / "best", dirs_exist_ok=True)
-    summary = _final_eval(cfg, state, model, eval_enc, pad, device, out)
+    summary = _final_eval(cfg, state, model, eval_enc, out, splits.eval, score, metric)
     summary["peak_memory_bytes"] = peak_memory(device)
     if cfg.merge:
         _write_merged(model, tokenizer, out / "final")
@@ -365,17 +396,35 @@ def _state_text(opt) -> str:
     return f"{opt.state_bytes():,} B{detail}{residuals}"
 
 
-def _final_eval(cfg: TrainConfig, state: dict[str, Any], model, eval_enc: list[Encoded], pad: int,
-                device, out: Path) -> dict[str, Any]:
+def eval_report(result: dict[str, Any], metric: str, examples, task: str, checkpoint: str,
+                out: Path | None) -> dict[str, Any]:
+    """The eval.json record of a scored split; generation tasks also write predictions.jsonl beside it."""
+    report = {"task": task, "checkpoint": checkpoint, "metric": metric, f"eval_{metric}": result.get(metric),
+              "eval_loss": result.get("loss"), "num_eval": result.get("num_examples", 0)}
+    if "exact_match" in result:
+        report["eval_exact_match"] = result["exact_match"]
+    if "predictions" in result and out is not None:
+        from zoft.tasks.metrics import best_f1
+
+        lines = [json.dumps({"prompt_end": ex.prompt[-200:], "prediction": pred, "answers": list(ex.answers),
+                             "f1": best_f1(pred, ex.answers)})
+                 for ex, pred in zip(examples, result["predictions"])]
+        (out / "predictions.jsonl").write_text("".join(line + "\n" for line in lines))
+        report["predictions"] = str(out / "predictions.jsonl")
+    return report
+
+
+def _final_eval(cfg: TrainConfig, state: dict[str, Any], model, eval_enc: list[Encoded], out: Path, examples,
+                score, metric: str) -> dict[str, Any]:
     """Score the eval split with the best weights (loaded in place) and write eval.json."""
     if state["best_step"] != cfg.steps:
         load_weights_into(model, out / "best")
-    result = evaluate(model, eval_enc, pad, cfg.eval_batch_size, device) if eval_enc else {}
-    report = {"task": cfg.task, "checkpoint": str(out / "best"), "best_step": state["best_step"],
-              "eval_accuracy": result.get("accuracy"), "eval_loss": result.get("loss"),
-              "num_eval": result.get("num_examples", 0)}
+    result = score(eval_enc) if eval_enc else {}
+    report = eval_report(result, metric, examples, cfg.task, str(out / "best"), out)
+    report["best_step"] = state["best_step"]
     (out / "eval.json").write_text(json.dumps(report, indent=1))
-    return {"output_dir": str(out), "config": dataclasses.asdict(cfg), "zero_shot": state["zero_shot"],
-            "best_step": state["best_step"], "best_dev_accuracy": state["best_dev_accuracy"],
+    return {"output_dir": str(out), "config": dataclasses.asdict(cfg), "metric": metric,
+            "zero_shot": state["zero_shot"], "best_step": state["best_step"],
+            f"best_dev_{metric}": state["best_dev_metric"],
             "best_dev_loss": state["best_dev_loss"] if math.isfinite(state["best_dev_loss"]) else None,
             "eval": report, "elapsed_s": round(state["elapsed_s"], 2)}

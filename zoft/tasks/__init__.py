@@ -13,6 +13,7 @@ from __future__ import annotations
 from zoft.tasks.base import (
     BUILTIN,
     Example,
+    GenExample,
     Splits,
     Task,
     TaskDataError,
@@ -24,8 +25,13 @@ from zoft.tasks.base import (
 )
 from zoft.tasks.custom import custom_task, parse_verbalizer
 from zoft.tasks.glue import BOOLQ, RTE, SST2
+from zoft.tasks.lmbff import MNLI, SNLI, SST5, TREC
+from zoft.tasks.qa import DROP, SQUAD
+from zoft.tasks.superglue import CB, COPA, MULTIRC, RECORD, WIC, WSC
 
-TASKS: dict[str, Task] = {task.name: task for task in (SST2, RTE, BOOLQ)}
+#: MeZO's eleven OPT tasks (Table 1 order), then the RoBERTa-set tasks
+TASKS: dict[str, Task] = {task.name: task for task in (SST2, RTE, CB, BOOLQ, WSC, WIC, MULTIRC, COPA, RECORD, SQUAD,
+                                                       DROP, SST5, SNLI, MNLI, TREC)}
 
 
 def get_task(name: str) -> Task:
@@ -47,6 +53,7 @@ __all__ = [
     "BUILTIN",
     "TASKS",
     "Example",
+    "GenExample",
     "Splits",
     "Task",
     "TaskDataError",

@@ -10,8 +10,10 @@ samples train/dev/eval with a seeded permutation.
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -33,22 +35,57 @@ class TaskDataError(ValueError):
 
 @dataclass(frozen=True)
 class Example:
-    """One classification example.
+    """One classification or multiple-choice example.
 
     Attributes:
         prompt: Text before the candidate, rendered from the task template.
         candidates: Continuations appended to ``prompt``, in label order.
-        label: Index of the gold candidate.
+        label: Index of the gold candidate (the one trained on).
+        golds: Every candidate counted correct at evaluation (ReCoRD: any entity in
+            ``answers``); empty means ``(label,)``.
     """
 
     prompt: str
     candidates: tuple[str, ...]
     label: int
+    golds: tuple[int, ...] = ()
 
     def __post_init__(self) -> None:
         # Catch converter bugs at construction instead of as a silent wrong metric.
         if not 0 <= self.label < len(self.candidates):
             raise ValueError(f"label {self.label} out of range for {len(self.candidates)} candidates")
+        if any(not 0 <= g < len(self.candidates) for g in self.golds):
+            raise ValueError(f"golds {self.golds} out of range for {len(self.candidates)} candidates")
+
+    @property
+    def correct(self) -> tuple[int, ...]:
+        return self.golds or (self.label,)
+
+    def demonstration(self) -> str:
+        """The example as an in-context demonstration: prompt + gold candidate, stripped (MeZO's ICL format)."""
+        return (self.prompt + self.candidates[self.label]).strip()
+
+
+@dataclass(frozen=True)
+class GenExample:
+    """One generation example (SQuAD, DROP, custom prompt/target).
+
+    Attributes:
+        prompt: Text the model continues.
+        target: The trained continuation (MeZO: ``" " + answers[0] + "\n"``).
+        answers: Gold answers; evaluation takes the best token F1 / exact match over them.
+    """
+
+    prompt: str
+    target: str
+    answers: tuple[str, ...]
+
+    def __post_init__(self) -> None:
+        if not self.answers:
+            raise ValueError("a generation example needs at least one gold answer")
+
+    def demonstration(self) -> str:
+        return (self.prompt + self.target).strip()
 
 
 @dataclass(frozen=True)
@@ -64,7 +101,15 @@ class Task:
         to_example: Converts a raw record (Hub or file layout) into an :class:`Example`.
         num_dev: Default dev-set size (MeZO: 500; CB/COPA: 100).
         builtin_dir: Package-relative folder of a shipped sample, or ``None``.
-        metric: Evaluation metric name.
+        metric: Evaluation metric name: ``accuracy`` or ``f1`` (generation).
+        objective: Training loss with ``--objective ce``: ``classification`` (cross-entropy
+            over the candidates' mean log-probs), ``lm`` (token cross-entropy on the gold
+            candidate only: COPA, ReCoRD) or ``generation`` (token cross-entropy on the target).
+        flatten: Turns the records of a split as read (nested file layouts such as
+            MultiRC's paragraphs or SQuAD's articles, or Hub rows) into one flat record
+            per example; ``None`` keeps them.
+        missing: Per split, what to say when its file is not in ``--data-dir`` (data that
+            is not publicly mirrored, see ``shared/data/MISSING.md``).
         records_loader: If set, ``load_records`` calls ``records_loader(split)`` and
             ignores ``data_dir`` (custom tasks, whose files are fixed at construction).
         eval_from_train: If true, the eval split is drawn from the train records not
@@ -82,15 +127,22 @@ class Task:
     metric: str = "accuracy"
     records_loader: Callable[[str], tuple[list[dict], str]] | None = field(default=None, repr=False)
     eval_from_train: bool = False
+    objective: str = "classification"
+    flatten: Callable[[list[dict]], list[dict]] | None = field(default=None, repr=False)
+    missing: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def generation(self) -> bool:
+        return self.objective == "generation"
 
 
 @dataclass
 class Splits:
     """Sampled examples plus a human-readable description of where they came from."""
 
-    train: list[Example]
-    dev: list[Example]
-    eval: list[Example]
+    train: list[Example | GenExample]
+    dev: list[Example | GenExample]
+    eval: list[Example | GenExample]
     source: str
 
 
@@ -100,70 +152,113 @@ class Splits:
 
 
 def read_table(path: str | Path, flag: str = "--data-dir") -> list[dict]:
-    """Read a ``.tsv``, ``.csv`` or ``.jsonl`` file into a list of dicts.
+    """Read a ``.tsv``, ``.csv``, ``.jsonl``, ``.json``, ``.txt`` or single-file ``.zip`` into a list of dicts.
 
     Args:
-        path: File to read; the format is chosen by extension.
+        path: File to read; the format is chosen by extension (a ``.zip`` by the
+            extension of the one file inside, e.g. SQuAD's ``dev-v1.1.json.zip``).
         flag: CLI flag named in error messages.
 
     Returns:
         One dict per data row (TSV/CSV: keyed by the header; values are strings).
+        A ``.json`` file gives its list of objects, or ``[object]`` for a top-level
+        object (SQuAD/DROP layouts, which the task's ``flatten`` unpacks). A ``.txt``
+        file gives ``{"line": text}`` per non-empty line (TREC's layout).
 
     Raises:
         TaskDataError: Unsupported extension, undecodable text or malformed rows.
     """
     path = Path(path)
-    readers = {".tsv": _read_tsv, ".csv": _read_csv, ".jsonl": _read_jsonl}
-    reader = readers.get(path.suffix.lower())
-    if reader is None:
-        raise TaskDataError(f"{flag} {path}: unsupported file type '{path.suffix}'; use .jsonl, .csv or .tsv")
     try:
-        return reader(path)
+        if path.suffix.lower() == ".zip":
+            return _read_zip(path, flag)
+        suffix = path.suffix.lower()
+        if suffix not in _READERS:
+            raise TaskDataError(f"{flag} {path}: unsupported file type '{path.suffix}'; use .jsonl, .csv or .tsv")
+        return _READERS[suffix](path.read_bytes().decode("utf-8-sig"), path)
     except UnicodeDecodeError as exc:
         raise TaskDataError(f"{flag} {path}: not UTF-8 text ({exc.reason} at byte {exc.start}); re-save it as UTF-8") from exc
 
 
-def _read_jsonl(path: Path) -> list[dict]:
+def _read_zip(path: Path, flag: str) -> list[dict]:
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.namelist() if not m.endswith("/")]
+            if len(members) != 1 or Path(members[0]).suffix.lower() not in _READERS:
+                raise TaskDataError(f"{flag} {path}: expected a zip holding one .json/.jsonl/.tsv/.csv file, "
+                                    f"found {', '.join(members) or 'nothing'}")
+            text = archive.read(members[0]).decode("utf-8-sig")
+    except zipfile.BadZipFile as exc:
+        raise TaskDataError(f"{flag} {path}: not a valid zip archive ({exc}); download it again") from exc
+    return _READERS[Path(members[0]).suffix.lower()](text, path / members[0])
+
+
+def _read_jsonl(text: str, path: Path) -> list[dict]:
+    # text was decoded as utf-8-sig: a byte-order mark, which json.loads rejects on line 1, is already gone.
     records = []
-    # utf-8-sig: tolerate a byte-order mark, which json.loads would reject on line 1.
-    with path.open(encoding="utf-8-sig") as handle:
-        for lineno, line in enumerate(handle, 1):
-            if not line.strip():
-                continue
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise TaskDataError(f"{path}: line {lineno} is not valid JSON ({exc.msg}); write one JSON object per line") from exc
-            if not isinstance(record, dict):
-                raise TaskDataError(f"{path}: line {lineno} is a JSON {type(record).__name__}, not an object; write one JSON object per line")
-            records.append(record)
+    for lineno, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise TaskDataError(f"{path}: line {lineno} is not valid JSON ({exc.msg}); write one JSON object per line") from exc
+        if not isinstance(record, dict):
+            raise TaskDataError(f"{path}: line {lineno} is a JSON {type(record).__name__}, not an object; write one JSON object per line")
+        records.append(record)
     return records
 
 
-def _read_tsv(path: Path) -> list[dict]:
+def _read_json(text: str, path: Path) -> list[dict]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise TaskDataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}); fix the file") from exc
+    rows = data if isinstance(data, list) else [data]
+    if not all(isinstance(r, dict) for r in rows):
+        raise TaskDataError(f"{path}: expected a JSON object or a list of objects")
+    return rows
+
+
+def _read_lines(text: str, path: Path) -> list[dict]:
+    return [{"line": line} for line in text.splitlines() if line.strip()]
+
+
+def _read_tsv(text: str, path: Path) -> list[dict]:
     # GLUE TSVs are unquoted: quote characters inside sentences are literal text.
-    return _read_delimited(path, delimiter="\t", quoting=csv.QUOTE_NONE)
+    return _read_delimited(text, path, delimiter="\t", quoting=csv.QUOTE_NONE)
 
 
-def _read_csv(path: Path) -> list[dict]:
-    return _read_delimited(path, delimiter=",", quoting=csv.QUOTE_MINIMAL)
+def _read_csv(text: str, path: Path) -> list[dict]:
+    return _read_delimited(text, path, delimiter=",", quoting=csv.QUOTE_MINIMAL)
 
 
-def _read_delimited(path: Path, delimiter: str, quoting: int) -> list[dict]:
-    with path.open(encoding="utf-8-sig", newline="") as handle:
-        reader = csv.DictReader(handle, delimiter=delimiter, quoting=quoting)
-        if not reader.fieldnames:
-            raise TaskDataError(f"{path}: file is empty; it needs a header row naming the columns")
-        records = []
-        for row_number, row in enumerate(reader, 1):
-            # DictReader stores surplus cells under None and fills short rows with None.
-            if None in row or None in row.values():
+def _read_delimited(text: str, path: Path, delimiter: str, quoting: int) -> list[dict]:
+    reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter, quoting=quoting)
+    if not reader.fieldnames:
+        raise TaskDataError(f"{path}: file is empty; it needs a header row naming the columns")
+    records = []
+    for row_number, row in enumerate(reader, 1):
+        # DictReader stores surplus cells under None and fills short rows with None.
+        if None in row.values():
+            raise TaskDataError(
+                f"{path}: data row {row_number} (line {row_number + 1}) has fewer cells than the header "
+                f"({len(reader.fieldnames)}); fix that row"
+            )
+        if None in row:
+            # GLUE SNLI/MNLI tsv: rows with five annotator labels run past the header, and gold_label is
+            # always the last cell (LM-BFF reads line[-1]); anywhere else a long row is a broken row.
+            if reader.fieldnames[-1] != "gold_label":
                 raise TaskDataError(
-                    f"{path}: data row {row_number} has a different number of cells than the header "
+                    f"{path}: data row {row_number} (line {row_number + 1}) has more cells than the header "
                     f"({len(reader.fieldnames)}); fix that row"
                 )
-            records.append(row)
+            row["gold_label"] = row.pop(None)[-1]
+        records.append(row)
     return records
+
+
+_READERS = {".tsv": _read_tsv, ".csv": _read_csv, ".jsonl": _read_jsonl, ".json": _read_json, ".txt": _read_lines}
 
 
 # ---------------------------------------------------------------------------
@@ -194,7 +289,9 @@ def read_records(task: Task, split: str, data_dir: str | Path) -> list[dict]:
         path = directory / name
         if path.is_file():
             return read_table(path)
-    raise TaskDataError(f"--data-dir {data_dir}: no {split} file for task {task.name}; expected one of {', '.join(names)}")
+    hint = f" ({task.missing[split]})" if split in task.missing else ""
+    raise TaskDataError(f"--data-dir {data_dir}: no {split} file for task {task.name}; expected one of "
+                        f"{', '.join(names)} in that folder{hint}")
 
 
 def load_records(task: Task, split: str, data_dir: str | Path | None) -> tuple[list[dict], str]:
@@ -225,10 +322,22 @@ def _load_records(task: Task, split: str, data_dir: str | Path | None) -> tuple[
         records, source = task.records_loader(split)
         return records, source, "custom"
     if data_dir is None:
-        return _load_hub_or_builtin(task, split)
-    if str(data_dir) == BUILTIN:
-        return _load_builtin(task, split), _builtin_source(task), "builtin"
-    return read_records(task, split, data_dir), f"files {Path(data_dir).expanduser().resolve()}", "files"
+        records, source, kind = _load_hub_or_builtin(task, split)
+    elif str(data_dir) == BUILTIN:
+        records, source, kind = _load_builtin(task, split), _builtin_source(task), "builtin"
+    else:
+        records, source, kind = read_records(task, split, data_dir), f"files {Path(data_dir).expanduser().resolve()}", "files"
+    return _flat(task, records, source), source, kind
+
+
+def _flat(task: Task, records: list[dict], source: str) -> list[dict]:
+    if task.flatten is None:
+        return records
+    try:
+        return task.flatten(records)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise TaskDataError(f"task {task.name}: {source} is not in a layout zoft reads ({type(exc).__name__}: {exc}); "
+                            f"see `zoft list` for the expected files") from exc
 
 
 def _load_hub_or_builtin(task: Task, split: str) -> tuple[list[dict], str, str]:
@@ -308,6 +417,7 @@ def sample_splits(
     num_eval: int = 1000,
     seed: int = 0,
     source: str = "in-memory records",
+    per_label: bool = False,
 ) -> Splits:
     """Sample train/dev/eval with the MeZO protocol (ALGORITHMS.md §8.1).
 
@@ -327,6 +437,9 @@ def sample_splits(
         num_eval: Eval examples wanted.
         seed: Permutation seed (MeZO ``train_set_seed``).
         source: Copied to :attr:`Splits.source`.
+        per_label: k-shot sampling (RoBERTa experiments, LM-BFF): walk the same
+            permutation and give each label its first ``num_train`` examples for
+            train and its next ``num_dev`` for dev (``num_dev`` ``None`` → ``num_train``).
 
     Returns:
         The sampled :class:`Splits`.
@@ -334,11 +447,15 @@ def sample_splits(
     Raises:
         TaskDataError: Negative sizes, an empty train set, or no rows left for eval.
     """
+    if per_label:
+        num_dev = num_train if num_dev is None else num_dev
     num_dev = task.num_dev if num_dev is None else num_dev
     for flag, value in (("--num-train", num_train), ("--num-dev", num_dev), ("--num-eval", num_eval)):
         if value < 0:
             raise TaskDataError(f"{flag} must be >= 0, got {value}")
     perm = np.random.RandomState(seed).permutation(len(train_records))
+    if per_label:
+        return _sample_per_label(train_records, eval_records, task, perm, num_train, num_dev, num_eval, seed, source)
     used = perm[: num_train + num_dev]
     cut = max(len(used) - num_dev, 0)
     if cut == 0:
@@ -363,7 +480,30 @@ def sample_splits(
     )
 
 
-def _convert(task: Task, records: list[dict], indices: Any, split: str) -> list[Example]:
+def _sample_per_label(train_records, eval_records, task: Task, perm, k_train: int, k_dev: int, num_eval: int,
+                      seed: int, source: str) -> Splits:
+    if task.generation:
+        raise TaskDataError(f"--per-label: task {task.name} is a generation task and has no labels; drop --per-label")
+    train, dev, counts = [], [], {}
+    for index in perm:
+        ex = _convert(task, train_records, [index], "train")[0]
+        n = counts.get(ex.label, 0)
+        if n < k_train:
+            train.append(ex)
+        elif n < k_train + k_dev:
+            dev.append(ex)
+        counts[ex.label] = n + 1
+    if not train:
+        raise TaskDataError(f"--per-label: no train examples for task {task.name}; raise --num-train")
+    short = {label: n for label, n in counts.items() if n < k_train + k_dev}
+    if short:
+        logger.warning("--per-label: labels %s have fewer than %d train+dev examples", sorted(short), k_train + k_dev)
+    eval_indices = np.random.RandomState(seed).permutation(len(eval_records))[:num_eval]
+    return Splits(train=train, dev=dev, eval=_convert(task, eval_records, eval_indices, "eval"),
+                  source=source + f"; {k_train} train / {k_dev} dev per label")
+
+
+def _convert(task: Task, records: list[dict], indices: Any, split: str) -> list[Example | GenExample]:
     examples = []
     for index in indices:
         try:
@@ -381,6 +521,8 @@ def load_splits(
     num_dev: int | None = None,
     num_eval: int = 1000,
     seed: int = 0,
+    per_label: bool = False,
+    eval_file: str | Path | None = None,
 ) -> Splits:
     """Load a task's records and sample train/dev/eval.
 
@@ -394,6 +536,9 @@ def load_splits(
         num_dev: Dev examples wanted; ``None`` means ``task.num_dev``.
         num_eval: Eval examples wanted (all available if fewer).
         seed: Sampling seed.
+        per_label: ``num_train``/``num_dev`` count examples per label (k-shot, RoBERTa protocol).
+        eval_file: A file to evaluate on instead of the task's eval split (e.g. the full
+            SNLI dev set beside an LM-BFF k-shot ``--data-dir``); same layouts as the split.
 
     Returns:
         The sampled :class:`Splits`; ``source`` says where the data came from.
@@ -402,11 +547,21 @@ def load_splits(
         TaskDataError: The data cannot be found, read or sampled.
     """
     train_records, train_source, kind = _load_records(task, "train", data_dir)
-    eval_dir = BUILTIN if kind == "builtin" else data_dir
-    eval_records, eval_source, _ = _load_records(task, "eval", eval_dir)
+    if eval_file is not None and task.records_loader is None:
+        path = Path(eval_file).expanduser()
+        if not path.is_file():
+            raise TaskDataError(f"--eval-file {eval_file}: no such file")
+        eval_source = f"file {path.resolve()}"
+        eval_records = _flat(task, read_table(path, "--eval-file"), eval_source)
+    else:
+        eval_dir = BUILTIN if kind == "builtin" else data_dir
+        eval_records, eval_source, _ = _load_records(task, "eval", eval_dir)
     source = train_source if eval_source == train_source else f"{train_source} (train), {eval_source} (eval)"
     if kind == "builtin":
         source += f" ({len(train_records):,} train rows)"
     if task.eval_from_train:
         source += "; eval = rows not used for train/dev"
-    return sample_splits(train_records, eval_records, task, num_train, num_dev, num_eval, seed, source=source)
+    if not train_records:
+        raise TaskDataError(f"task {task.name}: {train_source} has no train rows; check the file")
+    return sample_splits(train_records, eval_records, task, num_train, num_dev, num_eval, seed, source=source,
+                         per_label=per_label)

@@ -15,7 +15,7 @@ import string
 from pathlib import Path
 from typing import Any
 
-from zoft.tasks.base import Example, Task, TaskDataError, read_table
+from zoft.tasks.base import Example, GenExample, Task, TaskDataError, read_table
 
 _TEXT_FIELD_DEFAULTS = ("sentence", "text")
 _SUFFIXES = (".jsonl", ".csv")
@@ -219,6 +219,83 @@ def custom_task(
         hub_splits={},
         files={"train": (str(train_path),), "eval": (str(eval_path or train_path),)},
         to_example=converter,
+        records_loader=records_loader,
+        eval_from_train=eval_path is None,
+    )
+
+
+class _GenConverter:
+    """Turns a custom record into a :class:`GenExample`: prompt from the template, target from a column."""
+
+    def __init__(self, template: str, target_field: str):
+        self.template, self.target_field = template, target_field
+
+    def __call__(self, record: dict) -> GenExample:
+        return self.convert(record, "a record", "the data file")
+
+    def convert(self, record: dict, where: str, file_name: str) -> GenExample:
+        try:
+            prompt = self.template.format_map(record)
+        except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
+            raise TaskDataError(f"{where} of {file_name} cannot fill --template {self.template!r} ({type(exc).__name__}: {exc})") from exc
+        target = str(record.get(self.target_field, "")).strip()
+        if not target:
+            raise TaskDataError(f"{where} of {file_name} has an empty '{self.target_field}' (--target-field); fill or drop the row")
+        # Like SQuAD's " {answer}\n": a separating space, and a newline that teaches the model where to stop.
+        prefix = "" if prompt[-1:].isspace() else " "
+        return GenExample(prompt=prompt, target=f"{prefix}{target}\n", answers=(target,))
+
+
+def custom_generation_task(
+    data_file: str | Path,
+    prompt_field: str | None = None,
+    target_field: str = "target",
+    template: str | None = None,
+    eval_file: str | Path | None = None,
+) -> Task:
+    """Build a generation task from a ``.jsonl`` or ``.csv`` file with prompt and target columns.
+
+    The prompt is ``template.format_map(record)`` (default ``"{<prompt_field>}"``, prompt_field default
+    ``prompt``); the model is trained on `` {target}\\n`` (token cross-entropy) and evaluated by greedy decoding,
+    token F1 and exact match against the target, as SQuAD is. Splits follow :func:`custom_task`.
+
+    Raises:
+        TaskDataError: Any problem with the flags or the files (one-line message).
+    """
+    train_path, train_records = _read_custom_file(data_file, "--data-file")
+    eval_path, eval_records = _read_custom_file(eval_file, "--eval-file") if eval_file is not None else (None, None)
+    columns = list(train_records[0])
+    if template is None:
+        prompt_field = prompt_field or "prompt"
+        _require_column(prompt_field, "--prompt-field", columns, train_path.name)
+        template = "{" + prompt_field + "}"
+    elif prompt_field is not None:
+        _require_column(prompt_field, "--prompt-field", columns, train_path.name)
+    _require_column(target_field, "--target-field", columns, train_path.name)
+    for name in template_fields(template):
+        _require_column(name, "--template field", columns, train_path.name)
+    converter = _GenConverter(template, target_field)
+    for path, records in ((train_path, train_records), (eval_path, eval_records)):
+        if path is None:
+            continue
+        is_csv = path.suffix.lower() == ".csv"
+        for number, record in enumerate(records, 1):
+            converter.convert(record, f"{'data row' if is_csv else 'record'} {number}", path.name)
+
+    def records_loader(split: str) -> tuple[list[dict], str]:
+        if split == "eval" and eval_path is not None:
+            return eval_records, f"file {eval_path}"
+        return train_records, f"file {train_path}"
+
+    return Task(
+        name="custom",
+        description=f"custom generation task from {train_path.name}: {template!r} -> {target_field}",
+        hub=("", None),
+        hub_splits={},
+        files={"train": (str(train_path),), "eval": (str(eval_path or train_path),)},
+        to_example=converter,
+        metric="f1",
+        objective="generation",
         records_loader=records_loader,
         eval_from_train=eval_path is None,
     )

@@ -14,7 +14,7 @@ from zoft.tasks.base import Example, Task, TaskDataError
 _HUB_SPLITS = {"train": "train", "eval": "validation"}
 
 
-def _field(record: dict, names: tuple[str, ...], task: str) -> Any:
+def field(record: dict, names: tuple[str, ...], task: str) -> Any:
     """Return the first of ``names`` present in ``record`` (layouts differ between Hub and files)."""
     for name in names:
         if name in record:
@@ -24,7 +24,7 @@ def _field(record: dict, names: tuple[str, ...], task: str) -> Any:
     )
 
 
-def _label(value: Any, mapping: dict[str, int], task: str) -> int:
+def label_index(value: Any, mapping: dict[str, int], task: str) -> int:
     """Map a raw label (int, bool or string) to a candidate index via its lower-cased text."""
     key = str(value).strip().lower()
     if key not in mapping:
@@ -37,8 +37,8 @@ def sst2_example(record: dict) -> Example:
 
     GLUE TSV sentences end with a space before the tab, hence the strip.
     """
-    sentence = str(_field(record, ("sentence",), "sst2")).strip()
-    label = _label(_field(record, ("label",), "sst2"), {"0": 0, "1": 1}, "sst2")
+    sentence = str(field(record, ("sentence",), "sst2")).strip()
+    label = label_index(field(record, ("label",), "sst2"), {"0": 0, "1": 1}, "sst2")
     return Example(prompt=f"{sentence} It was", candidates=(" terrible", " great"), label=label)
 
 
@@ -48,10 +48,10 @@ def rte_example(record: dict) -> Example:
     Files carry "entailment"/"not_entailment"; the Hub carries 0 = entailment.
     ``sentence1``/``sentence2`` (GLUE layout) are accepted as premise/hypothesis.
     """
-    premise = _field(record, ("premise", "sentence1"), "rte")
-    hypothesis = _field(record, ("hypothesis", "sentence2"), "rte")
+    premise = field(record, ("premise", "sentence1"), "rte")
+    hypothesis = field(record, ("hypothesis", "sentence2"), "rte")
     mapping = {"entailment": 0, "not_entailment": 1, "0": 0, "1": 1}
-    label = _label(_field(record, ("label",), "rte"), mapping, "rte")
+    label = label_index(field(record, ("label",), "rte"), mapping, "rte")
     prompt = f'{premise}\nDoes this mean that "{hypothesis}" is true? Yes or No?\n'
     return Example(prompt=prompt, candidates=("Yes", "No"), label=label)
 
@@ -62,11 +62,11 @@ def boolq_example(record: dict) -> Example:
     The question is capitalised and ends with exactly one ``?``. The label is
     ``label`` (SuperGLUE files, bool or 0/1) or ``answer`` (google/boolq, bool).
     """
-    passage = _field(record, ("passage",), "boolq")
-    question = str(_field(record, ("question",), "boolq")).strip().rstrip("?").rstrip()
+    passage = field(record, ("passage",), "boolq")
+    question = str(field(record, ("question",), "boolq")).strip().rstrip("?").rstrip()
     question = question[:1].upper() + question[1:]
     mapping = {"false": 0, "true": 1, "0": 0, "1": 1}
-    label = _label(_field(record, ("label", "answer"), "boolq"), mapping, "boolq")
+    label = label_index(field(record, ("label", "answer"), "boolq"), mapping, "boolq")
     return Example(prompt=f"{passage} {question}?\n", candidates=("No", "Yes"), label=label)
 
 
