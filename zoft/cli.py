@@ -357,7 +357,8 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 @app.command("eval", epilog="[bold]Examples[/]\n\n  zoft eval runs/mezo-sst2            [dim]# a run dir: "
              "scores best/, writes eval.json[/]\n\n  zoft eval smollm2-135m --task sst2 --data-dir builtin   "
-             "[dim]# zero-shot baseline[/]")
+             "[dim]# zero-shot baseline[/]\n\n  zoft eval smollm2-135m --task rte --data-dir ../shared/data/rte --icl 32 "
+             "[dim]# in-context learning baseline[/]")
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="A run dir (scores its best/), a checkpoint or model dir (an "
                                          "adapter checkpoint of --mode lora/prefix/prompt is rebuilt over its "
@@ -373,6 +374,16 @@ def eval_cmd(
                                                     show_default="1000", rich_help_panel=DT)] = None,
     train_set_seed: Annotated[Optional[int], typer.Option(help="Sampling seed.", show_default="0",
                                                           rich_help_panel=DT)] = None,
+    eval_file: Annotated[Optional[str], typer.Option(help="Evaluate on this file instead of the task's eval split.",
+                                                     show_default=False, rich_help_panel=DT)] = None,
+    icl: Annotated[int, typer.Option(help="In-context learning baseline: put K demonstrations (the first K of "
+                                     "the seeded train sample, prompt + gold answer, blank-line separated as in "
+                                     "MeZO) before every eval prompt. MeZO's ICL rows use 32.",
+                                     rich_help_panel=DT)] = 0,
+    output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Write eval.json (eval_icl<K>.json "
+                                                      "with --icl) and generation predictions here (default: the "
+                                                      "run dir, if MODEL is one).", show_default=False,
+                                                      rich_help_panel=CK)] = None,
     batch_size: Annotated[int, typer.Option(help="Examples per forward.", rich_help_panel=TR)] = 16,
     dtype: Annotated[Optional[Dtype], typer.Option(help="Weight dtype.", show_default="auto",
                                                    rich_help_panel=HW)] = None,
@@ -380,23 +391,28 @@ def eval_cmd(
                                                      rich_help_panel=HW)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
 ) -> None:
-    """Score a model or checkpoint on a task's eval split (argmax of mean option log-prob).
+    """Score a model or checkpoint on a task's eval split: accuracy (argmax of mean option log-prob) or, for
+    generation tasks, token F1 / exact match of greedy decodes.
 
-    Gives the zero-shot baseline of any base model. Given a run dir, evaluates its best/ checkpoint with the
-    run's task settings and writes eval.json into the run dir.
+    Gives the zero-shot baseline of any base model, and with --icl K the in-context-learning baseline. Given a
+    run dir, evaluates its best/ checkpoint with the run's task settings and writes eval.json into the run dir.
     """
     from zoft.evaluate import EvalRequest, run_eval
 
     request = EvalRequest(model=model, task=task, data_dir=data_dir, num_eval=num_eval,
                           train_set_seed=train_set_seed, batch_size=batch_size,
                           dtype=dtype.value if dtype else None, device=device.value if device else None,
-                          base=base)
+                          base=base, icl=icl, eval_file=eval_file, output=output_dir)
     report = _guarded(run_eval, request)
     if as_json:
         out.print_json(json.dumps(report))
     else:
-        out.print(f"{report['task']} accuracy of {report['checkpoint']}: [bold]{100 * report['eval_accuracy']:.2f}%"
-                  f"[/] on {report['num_eval']} examples (loss {report['eval_loss']:.4f})", highlight=False)
+        metric = report["metric"]
+        shots = f", {report['icl']}-shot in context" if report["icl"] else ""
+        em = f", exact match {100 * report['eval_exact_match']:.2f}%" if "eval_exact_match" in report else ""
+        out.print(f"{report['task']} {metric} of {report['checkpoint']}{shots}: [bold]"
+                  f"{100 * report[f'eval_{metric}']:.2f}%[/]{em} on {report['num_eval']} examples "
+                  f"(loss {report['eval_loss']:.4f})", highlight=False)
 
 
 @app.command("estimate-memory", epilog="[bold]Examples[/]\n\n  zoft estimate-memory facebook/opt-13b --algo "

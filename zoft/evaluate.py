@@ -26,6 +26,9 @@ class EvalRequest:
     dtype: str | None = None
     device: str | None = None
     base: str | None = None  # the base model under an adapter checkpoint (default: the one it was trained on)
+    icl: int = 0             # in-context demonstrations in front of every eval prompt (MeZO's ICL baseline)
+    eval_file: str | None = None
+    output: str | None = None  # write the report (and generation predictions) here
 
 
 def _locate(model: str) -> tuple[str, Path | None, dict[str, Any]]:
@@ -65,27 +68,54 @@ def _load(weights: str, cfg: TrainConfig, base: str | None):
     return model, load_tokenizer(weights)
 
 
+#: MeZO's in-context format: demonstrations (prompt + gold candidate, stripped) joined by a blank line, and a
+#: blank line before the test prompt
+ICL_SEPARATOR = "\n\n"
+
+
+def icl_context(demonstrations) -> str:
+    """The text put in front of every eval prompt for `--icl K`."""
+    return "".join(d.demonstration() + ICL_SEPARATOR for d in demonstrations)
+
+
 def run_eval(req: EvalRequest) -> dict[str, Any]:
-    """Evaluate and return the report; a run dir also gets it as eval.json."""
-    from zoft.scoring import pad_id, encode_examples, evaluate
+    """Evaluate and return the report; a run dir also gets it as eval.json (eval_icl<K>.json with --icl)."""
+    from zoft.config import ConfigError
+    from zoft.scoring import encode_examples, evaluate, fit_length, pad_id
     from zoft.tasks import load_splits
-    from zoft.train import build_task
+    from zoft.train import build_task, eval_report
 
     weights, run_dir, saved = _locate(req.model)
     given = {"task": req.task, "data_dir": req.data_dir, "num_eval": req.num_eval,
              "train_set_seed": req.train_set_seed, "dtype": req.dtype, "device": req.device}
     values = check_keys({k: v for k, v in saved.items() if v is not None}, f"{req.model}/config.yaml")
     values.update({k: v for k, v in given.items() if v is not None})
+    if req.eval_file is not None:
+        values["eval_file"] = req.eval_file
     cfg = TrainConfig(**values)
     validate(cfg)
+    if req.icl < 0:
+        raise ConfigError(f"--icl must be >= 0 (got {req.icl})")
     task = build_task(cfg)
-    splits = load_splits(task, cfg.data_dir, num_train=cfg.num_train, num_dev=cfg.num_dev,
-                         num_eval=cfg.num_eval, seed=cfg.train_set_seed)
+    num_train = max(cfg.num_train, req.icl) if not cfg.per_label else cfg.num_train
+    splits = load_splits(task, cfg.data_dir, num_train=num_train, num_dev=cfg.num_dev, num_eval=cfg.num_eval,
+                         seed=cfg.train_set_seed, per_label=cfg.per_label, eval_file=cfg.eval_file)
+    if req.icl > len(splits.train):
+        raise ConfigError(f"--icl {req.icl}: only {len(splits.train)} train examples to draw demonstrations from; "
+                          "lower --icl")
+    out_dir = Path(req.output) if req.output else run_dir
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
     model, tokenizer = _load(weights, cfg, req.base)
-    encoded = encode_examples(tokenizer, splits.eval, cfg.max_length)
-    result = evaluate(model, encoded, pad_id(tokenizer), req.batch_size, next(model.parameters()).device)
-    report = {"task": cfg.task, "checkpoint": weights, "data": splits.source,
-              "eval_accuracy": result["accuracy"], "eval_loss": result["loss"], "num_eval": result["num_examples"]}
-    if run_dir is not None:
-        (run_dir / "eval.json").write_text(json.dumps(report, indent=1))
+    # the first K of the seeded train sample, one set for every eval example (MeZO's default ICL setting)
+    context = icl_context(splits.train[:req.icl])
+    virtual = getattr(model, "n", 0) if getattr(model, "mode", None) in ("prefix", "prompt") else 0
+    encoded = encode_examples(tokenizer, splits.eval, fit_length(model, cfg.max_length, virtual), context=context)
+    result = evaluate(model, encoded, pad_id(tokenizer), req.batch_size, next(model.parameters()).device,
+                      task.objective, tokenizer)
+    report = eval_report(result, task.metric, splits.eval, cfg.task, weights, out_dir)
+    report.update(data=splits.source, icl=req.icl)
+    if out_dir is not None:
+        name = "eval.json" if req.icl == 0 else f"eval_icl{req.icl}.json"
+        (out_dir / name).write_text(json.dumps(report, indent=1))
     return report

@@ -56,8 +56,8 @@ def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], pad_id: 
             kwargs["position_ids"] = step_pos
         if "logits_to_keep" in accepted:
             kwargs["logits_to_keep"] = 1
-        if past is not None:
-            kwargs["past_key_values"] = past
+        if past is not None:  # transformers 5 names the cache `cache`; older releases `past_key_values`
+            kwargs["cache" if "cache" in accepted else "past_key_values"] = past
         out = model(**kwargs)
         nxt = out.logits[:, -1].argmax(-1)
         for i in torch.nonzero(~done).flatten().tolist():
@@ -71,7 +71,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], pad_id: 
         mask = torch.cat([mask, torch.ones((n, 1), dtype=mask.dtype, device=device)], dim=1)
         positions = torch.cat([positions, positions[:, -1:] + 1], dim=1)
         if cache:
-            past = out.past_key_values
+            past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
             step_ids, step_mask, step_pos = nxt[:, None], mask, positions[:, -1:]
         else:
             ids = torch.cat([ids, nxt[:, None]], dim=1)

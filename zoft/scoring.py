@@ -96,6 +96,14 @@ def encode_examples(tokenizer, examples: Sequence[Example | GenExample], max_len
     return out
 
 
+def fit_length(model, max_length: int, virtual_tokens: int = 0) -> int:
+    """`max_length` capped at the positions the model has (`max_position_embeddings`, less prefix/prompt
+    tokens): a longer row would index past the position table. MeZO's 2 048 equals OPT's table."""
+    config = getattr(model, "config", None)
+    limit = getattr(config, "max_position_embeddings", None) if config is not None else None
+    return min(max_length, limit - virtual_tokens) if isinstance(limit, int) else max_length
+
+
 def pad_id(tokenizer) -> int:
     for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
         if tid is not None:

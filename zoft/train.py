@@ -33,7 +33,7 @@ from zoft.memory import peak_memory, reset_peak_memory
 from zoft.perturb import mix
 from zoft.progress import Reporter
 from zoft.objectives import Objective
-from zoft.scoring import Encoded, encode_examples, evaluate, pad_id
+from zoft.scoring import Encoded, encode_examples, evaluate, fit_length, pad_id
 
 log = logging.getLogger(__name__)
 
@@ -230,9 +230,10 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         except ValueError as exc:
             raise ConfigError(str(exc)) from None
     pad = pad_id(tokenizer)
-    train_enc = encode_examples(tokenizer, splits.train, cfg.max_length)
-    dev_enc = encode_examples(tokenizer, splits.dev, cfg.max_length)
-    eval_enc = encode_examples(tokenizer, splits.eval, cfg.max_length)
+    max_length = fit_length(model, cfg.max_length, cfg.virtual_tokens or 0)
+    train_enc = encode_examples(tokenizer, splits.train, max_length)
+    dev_enc = encode_examples(tokenizer, splits.dev, max_length)
+    eval_enc = encode_examples(tokenizer, splits.eval, max_length)
 
     metric = task.metric
     objective = Objective(cfg.objective, task.objective, pad, device, tokenizer)
