@@ -83,7 +83,7 @@ def _weights(path):
 
 RESUME_OPTIONS = {"hizoo": ("--hessian-smooth", "0.01"), "hizoo-l": ("--hessian-smooth", "0.01"),
                   "tezo": ("--rank", "4"), "tezo-m": ("--rank", "4"), "tezo-adam": ("--rank", "4"),
-                  "zo-adam": (), "zo-sgd-mmt": (), "mezo": ()}
+                  "zo-adam": (), "zo-sgd-mmt": (), "mezo": (), "fo-adam": ()}
 
 
 @pytest.mark.parametrize("algo", list(RESUME_OPTIONS))

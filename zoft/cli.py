@@ -179,8 +179,9 @@ def train(
                                                 "weight); hizoo (3 forwards, +1 fp32/weight Hessian: "
                                                 "ill-conditioned problems); hizoo-l (HiZOO with m+n numbers per "
                                                 "matrix); tezo / tezo-m / tezo-adam (rank-r perturbations, "
-                                                "moments in r-space: Adam-style below MeZO's memory). "
-                                                "See `zoft list`.",
+                                                "moments in r-space: Adam-style below MeZO's memory); "
+                                                "fo-adam (first-order AdamW with backprop: the reference, "
+                                                "not ZO). See `zoft list`.",
                                                 show_default=_D.algo, rich_help_panel=Z)] = None,
     objective: Annotated[Optional[str], typer.Option(help="ce (cross-entropy; COPA, ReCoRD and generation tasks: "
                                                      "on the gold tokens), or a non-differentiable one: accuracy "

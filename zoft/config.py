@@ -207,6 +207,13 @@ def validate(cfg: TrainConfig) -> None:
 
     if cfg.objective not in OBJECTIVES:
         raise ConfigError(f"--objective {cfg.objective}: choose {', '.join(OBJECTIVES)}")
+    if getattr(ALGORITHMS[cfg.algo], "first_order", False):
+        if cfg.objective != "ce":
+            raise ConfigError(f"--algo {cfg.algo} backpropagates, and --objective {cfg.objective} has no gradient; "
+                              "use --objective ce or a ZO algorithm")
+        if cfg.exact_bf16 or cfg.stochastic_rounding or cfg.noise != "table":
+            raise ConfigError(f"--exact-bf16/--stochastic-rounding/--noise shape ZO perturbation passes; --algo "
+                              f"{cfg.algo} has none: drop them")
     if cfg.task in TASKS:
         from zoft.objectives import check
 
