@@ -416,6 +416,52 @@ def eval_cmd(
                   f"(loss {report['eval_loss']:.4f})", highlight=False)
 
 
+@app.command("sweep", epilog="[bold]Examples[/]\n\n  zoft sweep recipes/opt-13b/mezo-sst2.yaml --grid lr=1e-6,1e-7 "
+             "--grid eps=1e-3 --print-commands   [dim]# one line per cluster job[/]\n\n  zoft sweep "
+             "recipes/smollm2-135m/mezo-wic.yaml --grid lr=1e-5,3e-5 --set steps=50   [dim]# run here, then the "
+             "table[/]\n\n  zoft sweep recipes/opt-13b/mezo-sst2.yaml --grid lr=1e-6,1e-7 --collect   [dim]# "
+             "gather finished jobs[/]")
+def sweep_cmd(
+    recipe: Annotated[Path, typer.Argument(help="Recipe YAML every grid point starts from.")],
+    grid: Annotated[list[str], typer.Option(help="KEY=V1,V2,...: a recipe key (lr, eps, hessian_smooth, seed, "
+                                            "...) and its values; repeat for a product grid.",
+                                            show_default=False)],
+    set_: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE applied to every point (e.g. "
+                                                      "steps=100).", show_default=False)] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Sweep dir; each point runs "
+                                                      "in <dir>/<key>=<value>_...", show_default="<recipe "
+                                                      "output_dir>-sweep")] = None,
+    print_commands: Annotated[bool, typer.Option("--print-commands", help="Print one `zoft train` command per "
+                                                 "point (for cluster job scripts) and run nothing.")] = False,
+    collect: Annotated[bool, typer.Option("--collect", help="Run nothing; gather the finished points into "
+                                          "results.md / results.json.")] = False,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Rerun points that already finished.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the results as JSON.")] = False,
+) -> None:
+    """Run a hyperparameter grid over a recipe and report it: best dev metric → its eval score (MeZO's
+    selection). Finished points are kept, so an interrupted sweep continues where it stopped.
+    """
+    from zoft.progress import Reporter
+    from zoft.sweep import SweepRequest, markdown, plan, run_sweep
+
+    req = SweepRequest(recipe=str(recipe), grid=grid, set=set_ or [], output_dir=output_dir,
+                       print_commands=print_commands, collect=collect, overwrite=overwrite)
+    if print_commands:
+        _, points = _guarded(plan, req)
+        for point in points:
+            out.print(point.command, highlight=False, soft_wrap=True, markup=False)
+        return
+    result = _guarded(run_sweep, req, Reporter(err, quiet=_STATE["quiet"]))
+    if as_json:
+        out.print_json(json.dumps(result))
+        return
+    out.print(markdown(result), highlight=False, markup=False)
+    best = result["best"]
+    if best:
+        out.print(f"best dev: {best['run']} → eval {best['metric']} {100 * best['eval']:.1f}% "
+                  f"({result['output_dir']}/results.md)", highlight=False, markup=False)
+
+
 @app.command("estimate-memory", epilog="[bold]Examples[/]\n\n  zoft estimate-memory facebook/opt-13b --algo "
              "hizoo --gpu-memory 80GB\n\n  zoft estimate-memory smollm2-135m --algo tezo-adam --device cpu "
              "--dtype float32 --json")
