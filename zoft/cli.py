@@ -536,7 +536,8 @@ def estimate_memory_cmd(
                   gib(fo["adam moments"]) + " (moments)")
     if "exact-bf16 residuals" in result["components"]:
         table.add_row("exact-bf16 residuals", gib(result["components"]["exact-bf16 residuals"]), "—")
-    table.add_row("gradients", "—", gib(fo["gradients"]))
+    table.add_row("gradients", gib(result["components"]["gradients"]) if "gradients" in result["components"]
+                  else "—", gib(fo["gradients"]))
     table.add_row("step temporaries", gib(result["components"]["step temporaries"]), "—")
     table.add_row("activations", gib(result["components"]["activations"]), gib(fo["activations"]) + " (saved)")
     table.add_row("logits", gib(result["components"]["logits"]), gib(fo["logits"]))

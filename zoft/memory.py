@@ -223,9 +223,14 @@ def estimate(req: MemoryRequest) -> dict[str, Any]:
         components["step temporaries"] += 4 * (1 << 20) * (1 if opt.dense_z else 2)
     if req.device == "cpu":
         components["runtime"] = cpu_runtime_bytes()
-    total = sum(components.values())
     fo = first_order_bytes(params, shape, rows, req.seq_len, nbytes, weights=weights,
                            trainable=sum(p.numel() for _, p in named))
+    if getattr(opt, "first_order", False):
+        # --algo fo-adam is the first-order run itself: both columns are the backprop estimate
+        components = {"weights": fo["weights"], "optimizer state": fo["adam moments"], "step temporaries": 0,
+                      "activations": fo["activations"], "logits": fo["logits"], "gradients": fo["gradients"],
+                      **({"runtime": components["runtime"]} if "runtime" in components else {})}
+    total = sum(components.values())
     fo_total = sum(fo.values()) + components.get("runtime", 0)
     return {
         "model": req.model, "algo": req.algo, "mode": req.mode, "dtype": req.dtype, "device": req.device,
