@@ -47,7 +47,8 @@ def catalog(recipes_dir: Path, model: str | None = None) -> dict[str, list[dict[
     tasks = [{"name": name, "description": t.description, "metric": t.metric}
              for name, t in TASKS.items()]
     tasks.append({"name": "custom", "description": "your jsonl/csv: --data-file --text-field --label-field "
-                  "--verbalizer --template", "metric": "accuracy"})
+                  "--verbalizer --template (classification) or --prompt-field --target-field (generation)",
+                  "metric": "accuracy / f1"})
     recipes = []
     if recipes_dir.is_dir():
         for path in sorted(recipes_dir.rglob("*.yaml")):

@@ -167,6 +167,17 @@ def test_per_label_sampling_takes_k_of_each_label():
         sample_splits([], [], TASKS["squad"], per_label=True)
 
 
+def test_per_label_custom_task_evaluates_on_rows_it_did_not_sample(tmp_path):
+    from zoft.tasks import custom_task
+
+    path = tmp_path / "d.jsonl"
+    path.write_text("".join(json.dumps({"text": f"row {i}", "label": i % 3}) + "\n" for i in range(40)))
+    task = custom_task(path, verbalizer="0=a,1=b,2=c")
+    splits = load_splits(task, num_train=4, num_dev=2, num_eval=100, per_label=True)
+    assert len(splits.train) == 12 and len(splits.dev) == 6 and len(splits.eval) == 40 - 18
+    assert not {e.prompt for e in splits.eval} & {e.prompt for e in splits.train + splits.dev}
+
+
 # -- the metrics (ALGORITHMS.md §8.4 oracles) ----------------------------------------------------------------
 
 

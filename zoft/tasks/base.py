@@ -484,22 +484,24 @@ def _sample_per_label(train_records, eval_records, task: Task, perm, k_train: in
                       seed: int, source: str) -> Splits:
     if task.generation:
         raise TaskDataError(f"--per-label: task {task.name} is a generation task and has no labels; drop --per-label")
-    train, dev, counts = [], [], {}
+    train, dev, counts, used = [], [], {}, set()
     for index in perm:
         ex = _convert(task, train_records, [index], "train")[0]
         n = counts.get(ex.label, 0)
-        if n < k_train:
-            train.append(ex)
-        elif n < k_train + k_dev:
-            dev.append(ex)
+        if n < k_train + k_dev:
+            (train if n < k_train else dev).append(ex)
+            used.add(int(index))
         counts[ex.label] = n + 1
     if not train:
         raise TaskDataError(f"--per-label: no train examples for task {task.name}; raise --num-train")
     short = {label: n for label, n in counts.items() if n < k_train + k_dev}
     if short:
         logger.warning("--per-label: labels %s have fewer than %d train+dev examples", sorted(short), k_train + k_dev)
-    eval_indices = np.random.RandomState(seed).permutation(len(eval_records))[:num_eval]
-    return Splits(train=train, dev=dev, eval=_convert(task, eval_records, eval_indices, "eval"),
+    if task.eval_from_train:  # custom task without --eval-file: score rows the sample did not take
+        eval_pool, eval_indices = train_records, [i for i in perm if int(i) not in used][:num_eval]
+    else:
+        eval_pool, eval_indices = eval_records, np.random.RandomState(seed).permutation(len(eval_records))[:num_eval]
+    return Splits(train=train, dev=dev, eval=_convert(task, eval_pool, eval_indices, "eval"),
                   source=source + f"; {k_train} train / {k_dev} dev per label")
 
 
