@@ -203,6 +203,15 @@ def custom_task(
         _require_column(name, "--template field", columns, train_path.name)
 
     converter = _Converter(template, label_field, pairs)
+    return _file_task(f"custom task from {train_path.name}: {template!r} -> {', '.join(w for _, w in pairs)}",
+                      converter, (train_path, train_records), (eval_path, eval_records))
+
+
+def _file_task(description: str, converter, train: tuple[Path, list[dict]],
+               evaluation: tuple[Path | None, list[dict] | None], **task_fields) -> Task:
+    """A custom Task over records already read: every row converted once now (errors name the row), eval from
+    the eval file or from the train rows the sample leaves."""
+    (train_path, train_records), (eval_path, eval_records) = train, evaluation
     _validate_rows(converter, train_records, train_path.name, train_path.suffix.lower() == ".csv")
     if eval_path is not None:
         _validate_rows(converter, eval_records, eval_path.name, eval_path.suffix.lower() == ".csv")
@@ -214,13 +223,14 @@ def custom_task(
 
     return Task(
         name="custom",
-        description=f"custom task from {train_path.name}: {template!r} -> {', '.join(word for _, word in pairs)}",
+        description=description,
         hub=("", None),
         hub_splits={},
         files={"train": (str(train_path),), "eval": (str(eval_path or train_path),)},
         to_example=converter,
         records_loader=records_loader,
         eval_from_train=eval_path is None,
+        **task_fields,
     )
 
 
@@ -275,27 +285,5 @@ def custom_generation_task(
     for name in template_fields(template):
         _require_column(name, "--template field", columns, train_path.name)
     converter = _GenConverter(template, target_field)
-    for path, records in ((train_path, train_records), (eval_path, eval_records)):
-        if path is None:
-            continue
-        is_csv = path.suffix.lower() == ".csv"
-        for number, record in enumerate(records, 1):
-            converter.convert(record, f"{'data row' if is_csv else 'record'} {number}", path.name)
-
-    def records_loader(split: str) -> tuple[list[dict], str]:
-        if split == "eval" and eval_path is not None:
-            return eval_records, f"file {eval_path}"
-        return train_records, f"file {train_path}"
-
-    return Task(
-        name="custom",
-        description=f"custom generation task from {train_path.name}: {template!r} -> {target_field}",
-        hub=("", None),
-        hub_splits={},
-        files={"train": (str(train_path),), "eval": (str(eval_path or train_path),)},
-        to_example=converter,
-        metric="f1",
-        objective="generation",
-        records_loader=records_loader,
-        eval_from_train=eval_path is None,
-    )
+    return _file_task(f"custom generation task from {train_path.name}: {template!r} -> {target_field}", converter,
+                      (train_path, train_records), (eval_path, eval_records), metric="f1", objective="generation")
