@@ -212,3 +212,32 @@ def test_shared_files_load(name, folder, kwargs, num_eval):
         assert len(splits.dev) == 100
     if name == "snli":
         assert len(splits.train) == 48 and sorted({e.label for e in splits.train}) == [0, 1, 2]
+
+
+@pytest.mark.parametrize("name,hub,splits", [
+    ("copa", ("aps/super_glue", "copa"), ("train", "validation")),
+    ("squad", ("rajpurkar/squad", None), ("train", "validation")),
+    ("mnli", ("nyu-mll/glue", "mnli"), ("train", "validation_matched")),
+    ("trec", ("CogComp/trec", None), ("train", "test")),
+])
+def test_hub_names_and_splits(monkeypatch, name, hub, splits):
+    import datasets
+
+    rows = {"copa": {"premise": "It fell.", "choice1": "A.", "choice2": "B.", "question": "cause", "label": 1},
+            "squad": {"title": "T", "context": "c", "question": "q", "answers": {"text": ["c"], "answer_start": [0]}},
+            "mnli": {"premise": "p.", "hypothesis": "h", "label": 0},
+            "trec": {"text": "Who ?", "coarse_label": 3, "fine_label": 0}}[name]
+    calls = []
+
+    class Fake:
+        def to_list(self):
+            return [rows] * 3
+
+    def load_dataset(path, config=None, split=None):
+        calls.append((path, config, split))
+        return Fake()
+
+    monkeypatch.setattr(datasets, "load_dataset", load_dataset)
+    out = load_splits(TASKS[name], None, num_train=2, num_dev=1, num_eval=2)
+    assert calls == [(*hub, splits[0]), (*hub, splits[1])]
+    assert len(out.train) == 2 and len(out.eval) == 2 and out.source.startswith("hub ")
