@@ -1,6 +1,7 @@
 """The `zoft` command line: parsing, messages and exit codes only; the work happens in the library.
 
-Exit codes: 0 ok, 1 runtime error, 2 usage/config/data error, 130 (SIGINT) / 143 (SIGTERM) after saving a
+Exit codes: 0 ok, 1 runtime error, 2 usage/config/data error (also a checkpoint that cannot be written: disk
+full), 3 diverged (non-finite loss for --max-bad-steps steps), 130 (SIGINT) / 143 (SIGTERM) after saving a
 checkpoint. torch and transformers are imported inside the commands so `zoft --help` stays fast.
 """
 
@@ -54,9 +55,10 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _user_errors():
     """The exception types a user can cause (→ exit 2)."""
+    from zoft.checkpoint import CheckpointWriteError
     from zoft.tasks import TaskDataError
 
-    return (ConfigError, TaskDataError)
+    return (ConfigError, TaskDataError, CheckpointWriteError)
 
 
 def _version(value: bool) -> None:
@@ -105,6 +107,9 @@ def train(
     model: Annotated[Optional[str], typer.Option(help="Hub id, local HF model dir, or the embedded offline "
                                                  "default smollm2-135m.", show_default=_D.model,
                                                  rich_help_panel=M)] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model that ships its own "
+                                                    "Python code (auto_map) to run it. Off by default: read the "
+                                                    "code first.", rich_help_panel=M)] = False,
     task: Annotated[Optional[str], typer.Option(help="sst2, rte, cb, boolq, wsc, wic, multirc, copa, record, "
                                                 "squad, drop, sst5, snli, mnli, trec or custom (see `zoft list`).",
                                                 show_default=_D.task, rich_help_panel=DT)] = None,
@@ -267,12 +272,19 @@ def train(
                                                            rich_help_panel=TR)] = None,
     log_every: Annotated[Optional[int], typer.Option(help="Metrics/log line interval in steps.",
                                                      show_default=str(_D.log_every), rich_help_panel=TR)] = None,
+    max_bad_steps: Annotated[Optional[int], typer.Option(help="Stop (exit 3) after this many consecutive steps "
+                                                         "whose loss or projected gradient is NaN/inf; those "
+                                                         "steps are skipped, never applied.",
+                                                         show_default=str(_D.max_bad_steps),
+                                                         rich_help_panel=TR)] = None,
     output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Run dir.",
                                                       show_default="runs/<algo>-<task>", rich_help_panel=CK)] = None,
     save_every: Annotated[Optional[int], typer.Option(help="Checkpoint interval in steps (0: only best/ and "
                                                       "final/).", show_default="eval interval",
                                                       rich_help_panel=CK)] = None,
-    keep_last: Annotated[Optional[int], typer.Option(help="checkpoint-<step>/ dirs kept (0: all).",
+    keep_last: Annotated[Optional[int], typer.Option("--keep-last", "--save-total-limit",
+                                                     help="checkpoint-<step>/ dirs kept (0: all); older ones are "
+                                                     "deleted only after the new one is complete.",
                                                      show_default=str(_D.keep_last), rich_help_panel=CK)] = None,
     overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run dir.",
                                             rich_help_panel=CK)] = False,
@@ -292,7 +304,7 @@ def train(
     overrides: dict[str, Any] = {k: v for k, v in locals().items()
                                  if k not in ("recipe", "as_json", "overwrite", "resume", "allow_degenerate",
                                               "stochastic_rounding", "exact_bf16", "load_in_8bit", "load_in_4bit",
-                                              "merge", "per_label")}
+                                              "merge", "per_label", "trust_remote_code")}
     overrides = {k: (v.value if isinstance(v, Enum) else v) for k, v in overrides.items()}
     overrides["overwrite"] = overwrite or None
     overrides["resume"] = resume or None
@@ -300,6 +312,7 @@ def train(
     overrides["stochastic_rounding"] = stochastic_rounding or None
     overrides["exact_bf16"] = exact_bf16 or None
     overrides["per_label"] = per_label or None
+    overrides["trust_remote_code"] = trust_remote_code or None
     for flag, value in (("load_in_8bit", load_in_8bit), ("load_in_4bit", load_in_4bit), ("merge", merge)):
         overrides[flag] = value or None
     from zoft.config import resolve
@@ -313,10 +326,12 @@ def train(
 
 def _guarded(fn, *args):
     """Run a library call, turning its exceptions into one line and the documented exit code."""
-    from zoft.train import Interrupted
+    from zoft.train import Diverged, Interrupted
 
     try:
         return fn(*args)
+    except Diverged as exc:
+        _fail(str(exc), code=Diverged.code)
     except Interrupted as exc:
         err.print(f"[yellow]interrupted:[/] saved {exc.checkpoint}; continue with --resume", highlight=False)
         raise typer.Exit(exc.code)
@@ -367,6 +382,8 @@ def eval_cmd(
     base: Annotated[Optional[str], typer.Option(help="Base model under an adapter checkpoint (default: the one "
                                                 "it was trained on).", show_default=False,
                                                 rich_help_panel=M)] = None,
+    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model's own Python code "
+                                                    "(auto_map) to run.", rich_help_panel=M)] = False,
     task: Annotated[Optional[str], typer.Option(help="Task (default: the run's, else sst2).",
                                                 show_default=False, rich_help_panel=DT)] = None,
     data_dir: Annotated[Optional[str], typer.Option(help="Dir with the task's original files, or 'builtin'.",
@@ -403,7 +420,8 @@ def eval_cmd(
     request = EvalRequest(model=model, task=task, data_dir=data_dir, num_eval=num_eval,
                           train_set_seed=train_set_seed, batch_size=batch_size,
                           dtype=dtype.value if dtype else None, device=device.value if device else None,
-                          base=base, icl=icl, eval_file=eval_file, output=output_dir)
+                          base=base, icl=icl, eval_file=eval_file, output=output_dir,
+                          trust_remote_code=trust_remote_code)
     report = _guarded(run_eval, request)
     if as_json:
         out.print_json(json.dumps(report))

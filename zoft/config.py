@@ -33,6 +33,7 @@ class TrainConfig:
 
     # Model
     model: str = "smollm2-135m"         # hub id, local HF dir, or the embedded alias smollm2-135m
+    trust_remote_code: bool = False     # allow a model's own Python code (auto_map); off unless asked for
     # Data
     task: str = "sst2"
     data_dir: str | None = None         # dir with the task's original files, or "builtin" for the shipped sample
@@ -92,6 +93,7 @@ class TrainConfig:
     eval_every: int | None = None       # None → steps // 5 (MeZO: 4000 of 20000); 0 → only at the end
     eval_batch_size: int = 16
     log_every: int = 10
+    max_bad_steps: int = 3              # stop after this many consecutive steps with a non-finite loss/gradient
     # Checkpointing
     output_dir: str | None = None       # None → runs/<algo>-<task>
     save_every: int | None = None       # None → eval_every; 0 → only best/ and final/
@@ -179,7 +181,8 @@ def validate(cfg: TrainConfig) -> None:
     from zoft.algos import ALGORITHMS
     from zoft.tasks import TASKS
 
-    positive = ["steps", "batch_size", "num_train", "num_eval", "eval_batch_size", "log_every", "max_length"]
+    positive = ["steps", "batch_size", "num_train", "num_eval", "eval_batch_size", "log_every", "max_length",
+                "max_bad_steps"]
     for key in positive + ["micro_batch_size", "lr", "eps"]:
         value = getattr(cfg, key)
         if value is not None and not value > 0:

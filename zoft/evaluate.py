@@ -29,6 +29,7 @@ class EvalRequest:
     icl: int = 0             # in-context demonstrations in front of every eval prompt (MeZO's ICL baseline)
     eval_file: str | None = None
     output: str | None = None  # write the report (and generation predictions) here
+    trust_remote_code: bool = False
 
 
 def _locate(model: str) -> tuple[str, Path | None, dict[str, Any]]:
@@ -49,11 +50,11 @@ def _load(weights: str, cfg: TrainConfig, base: str | None):
 
     kind = adapter_kind(Path(weights)) if Path(weights).is_dir() else None
     if kind is None:
-        model, tokenizer, _ = load_model(weights, cfg.dtype, cfg.device)
+        model, tokenizer, _ = load_model(weights, cfg.dtype, cfg.device, trust_remote_code=cfg.trust_remote_code)
         return model, tokenizer
     base = base or (cfg.model if cfg.mode == kind else None) or base_model_of(Path(weights))
     quantize = "8bit" if cfg.load_in_8bit else "4bit" if cfg.load_in_4bit else None
-    model, _, _ = load_model(base, cfg.dtype, cfg.device, quantize=quantize)
+    model, _, _ = load_model(base, cfg.dtype, cfg.device, quantize=quantize, trust_remote_code=cfg.trust_remote_code)
     if kind == "lora":
         from peft import PeftModel
 
@@ -65,7 +66,7 @@ def _load(weights: str, cfg: TrainConfig, base: str | None):
             load_adapter_into(model, Path(weights))
         except KeyError as exc:
             raise ConfigError(f"{weights}: the {kind} adapter does not fit --base {base} ({exc})") from None
-    return model, load_tokenizer(weights)
+    return model, load_tokenizer(weights, cfg.trust_remote_code)
 
 
 #: MeZO's in-context format: demonstrations (prompt + gold candidate, stripped) joined by a blank line, and a
@@ -92,6 +93,8 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
     values.update({k: v for k, v in given.items() if v is not None})
     if req.eval_file is not None:
         values["eval_file"] = req.eval_file
+    if req.trust_remote_code:
+        values["trust_remote_code"] = True
     cfg = TrainConfig(**values)
     validate(cfg)
     if req.icl < 0:

@@ -100,6 +100,11 @@ def resolve_model_path(model: str | None, convert: bool = True) -> str:
         if not (path / "config.json").is_file():
             raise ConfigError(f"--model {model}: directory has no config.json; pass a Hugging Face model dir "
                               "(e.g. a run's best/ or final/)")
+        weights = [f for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+                   for f in path.glob(pattern)]
+        if not weights:
+            raise ConfigError(f"--model {model}: directory has a config.json but no weights (*.safetensors or "
+                              "pytorch_model*.bin); copy the weights there or pass another model dir")
         return str(path)
     if model.startswith((".", "/", "~")) or model.count("/") > 1:  # hub ids are "name" or "org/name"
         raise ConfigError(f"--model {model}: no such directory; pass a local model dir or a hub id like "
@@ -129,11 +134,11 @@ def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
     return {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}[dtype]
 
 
-def load_tokenizer(path: str):
+def load_tokenizer(path: str, trust_remote_code: bool = False):
     """The tokenizer of a model dir or hub id, with a pad token (EOS when the model has none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -162,10 +167,12 @@ def quantization_config(kind: str, compute_dtype: torch.dtype):
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
-def load_model(model: str | None, dtype: str = "auto", device: str = "auto", quantize: str | None = None):
+def load_model(model: str | None, dtype: str = "auto", device: str = "auto", quantize: str | None = None,
+               trust_remote_code: bool = False):
     """Load (model, tokenizer, path) ready for ZO: eval mode (no dropout, §1.1), on `device`, in `dtype`;
     with `quantize` ("8bit" / "4bit") the frozen weights are bitsandbytes-quantized, placed by `device_map`
-    (a quantized model must never be moved with `.to()`)."""
+    (a quantized model must never be moved with `.to()`). Code shipped with a model (`auto_map`) runs only with
+    `trust_remote_code`."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
@@ -173,15 +180,20 @@ def load_model(model: str | None, dtype: str = "auto", device: str = "auto", qua
     dev = resolve_device(device)
     torch_dtype = resolve_dtype(dtype, dev)
     path = resolve_model_path(model)
-    kwargs = {"dtype": torch_dtype}
+    kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if quantize:
         kwargs.update(quantization_config=quantization_config(quantize, torch_dtype), device_map={"": dev})
     try:
-        tokenizer = load_tokenizer(path)
+        tokenizer = load_tokenizer(path, trust_remote_code)
         lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"--model {model}: could not load ({first}); offline, pass a local model dir") from exc
+    except ValueError as exc:
+        if "trust_remote_code" in str(exc) and not trust_remote_code:
+            raise ConfigError(f"--model {model}: this model runs its own Python code (auto_map in its config); "
+                              "read that code, then pass --trust-remote-code to allow it") from exc
+        raise
     if not quantize:
         lm.to(dev)
     lm.eval()

@@ -25,9 +25,9 @@ import torch
 import yaml
 
 from zoft import __version__
-from zoft.algos import ALGORITHMS, trainable_parameters
-from zoft.checkpoint import (latest_checkpoint, load_optimizer_state, load_weights_into, prune_checkpoints,
-                             read_state, save_checkpoint)
+from zoft.algos import ALGORITHMS, NonFiniteLossError, trainable_parameters
+from zoft.checkpoint import (latest_checkpoint, load_optimizer_state, load_weights_into,
+                             prune_checkpoints, read_state, recover, save_checkpoint)
 from zoft.config import NON_TRAJECTORY_OPTIONS, ConfigError, TrainConfig, algorithm_options, finalize, to_yaml
 from zoft.memory import peak_memory, reset_peak_memory
 from zoft.perturb import mix
@@ -48,6 +48,30 @@ _TRAJECTORY_KEYS = ("model", "task", "data_dir", "data_file", "num_train", "num_
 
 def trajectory_keys() -> tuple[str, ...]:
     return _TRAJECTORY_KEYS + tuple(k for k in algorithm_options() if k not in NON_TRAJECTORY_OPTIONS)
+
+
+class Diverged(Exception):
+    """The loss or projected gradient stayed non-finite (or collapsed to 0) for `--max-bad-steps` steps; no bad
+    step was applied and the last checkpoint is the last good state. The CLI exits with code 3."""
+
+    code = 3
+
+
+def next_resume_point(out: Path) -> Path | None:
+    return latest_checkpoint(out)
+
+
+def _divergence_message(cfg: TrainConfig, count: int, step: int, what: str, checkpoint: Path | None) -> str:
+    if cfg.dtype == "float16":
+        cause = ("float16 overflow (MeZO and ZO-Bench users report fp16 Llama runs whose loss goes to 0 or NaN)",
+                 "rerun with --dtype bfloat16 (or float32)")
+    else:
+        cause = (f"a learning rate or perturbation too large for this model (--lr {cfg.lr:g}, --eps {cfg.eps:g})",
+                 f"lower --lr (e.g. {cfg.lr / 10:g}) or --eps")
+    keep = (f"the last good checkpoint is {checkpoint} (continue from it with --resume and the new flags in a "
+            f"new --output-dir, or --resume as is)") if checkpoint else "no checkpoint was written yet"
+    return (f"training diverged: {what} on {count} consecutive steps (last: step {step}); those steps were not "
+            f"applied. Likely cause: {cause[0]}. Fix: {cause[1]}; {keep}")
 
 
 class Interrupted(Exception):
@@ -107,7 +131,9 @@ def prepare_output_dir(cfg: TrainConfig) -> Path | None:
     """Check the output dir against --overwrite/--resume; returns the checkpoint to resume from, if any."""
     out = Path(cfg.output_dir)
     if cfg.resume:
-        ckpt = latest_checkpoint(out)
+        for note in recover(out):
+            log.warning("--resume: %s in %s", note, out)
+        ckpt = latest_checkpoint(out, report=True)
         if ckpt is None:
             log.warning("--resume: no checkpoint in %s yet; starting from step 0", out)
         else:
@@ -217,7 +243,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     reporter.info(f"data: {splits.source}: {len(splits.train)} train / {len(splits.dev)} dev / "
                   f"{len(splits.eval)} eval")
     quantize = "8bit" if cfg.load_in_8bit else "4bit" if cfg.load_in_4bit else None
-    model, tokenizer, model_path = load_model(model_path, cfg.dtype, cfg.device, quantize=quantize)
+    model, tokenizer, model_path = load_model(model_path, cfg.dtype, cfg.device, quantize=quantize,
+                                              trust_remote_code=cfg.trust_remote_code)
     device = next(model.parameters()).device
     if cfg.mode != "full":
         from zoft.modes import attach
@@ -314,26 +341,41 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         save(out / "best")
 
     window: list[float] = []
-    zero_losses = 0
+    zero_losses = bad_steps = 0
     t_last = time.perf_counter()
     train_s_start = state["train_s"]
     with _stop_signals() as stop, reporter.progress(cfg.steps, start_step) as bar:
         for step in range(start_step, cfg.steps):
             t_step = time.perf_counter()
-            loss = opt.step(closure_for(batch_indices(step, cfg.batch_size, len(train_enc), cfg.seed)))
+            try:
+                loss = opt.step(closure_for(batch_indices(step, cfg.batch_size, len(train_enc), cfg.seed)))
+            except NonFiniteLossError as exc:
+                # the optimizer restored the weights: this step applies nothing. Its seed is spent (opt.t moves
+                # on), so a resumed run meets the same steps with the same seeds.
+                opt.t = step + 1
+                bad_steps += 1
+                metrics.write({"event": "bad_step", "step": step + 1, "reason": str(exc).split(";")[0]})
+                log.warning("step %d skipped: %s", step + 1, str(exc).split(";")[0])
+                if bad_steps >= cfg.max_bad_steps:
+                    raise Diverged(_divergence_message(cfg, bad_steps, step + 1, str(exc).split(";")[0],
+                                                       next_resume_point(out))) from None
+                loss = None
+            else:
+                bad_steps = 0
             state["train_s"] += time.perf_counter() - t_step  # steps only: evals and saves excluded from it/s
             # fp16 LLaMA runs are reported to collapse to exactly-zero loss (ALGORITHMS.md §1.8)
-            zero_losses = zero_losses + 1 if loss == 0.0 else 0
+            zero_losses = zero_losses + 1 if loss == 0.0 and objective.differentiable else 0
             if zero_losses >= 20:
-                raise RuntimeError("loss has been exactly 0.0 for 20 steps (fp16 collapse?); use --dtype "
-                                   "bfloat16 or float32")
-            window.append(loss)
+                raise Diverged(_divergence_message(cfg, 20, step + 1, "the loss has been exactly 0.0 for 20 steps",
+                                                   next_resume_point(out)))
+            if loss is not None:
+                window.append(loss)
             now = time.perf_counter()
             state["elapsed_s"] += now - t_last
             t_last = now
             state["step"] = done = step + 1
-            bar.update(done, loss, opt.param_groups[0]["lr"])
-            if done % cfg.log_every == 0 or done == cfg.steps:
+            bar.update(done, loss if loss is not None else float("nan"), opt.param_groups[0]["lr"])
+            if (done % cfg.log_every == 0 or done == cfg.steps) and window:
                 rate = (done - start_step) / max(state["train_s"] - train_s_start, 1e-9)
                 rec = {"event": "train", "step": done, "loss": sum(window) / len(window),
                        "lr": opt.param_groups[0]["lr"], "projected_grad": opt.last.get("projected_grad"),

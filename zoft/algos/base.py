@@ -256,6 +256,7 @@ class TwoPointZO(ZOOptimizer):
         loss_minus = self.evaluate(closure)
         check_finite(self, (loss_plus, loss_minus), restore=lambda: self.perturb(seed, eps))
         g = (loss_plus - loss_minus) / (2.0 * eps)       # Python float: fp64 arithmetic on the two fp32 losses
+        check_finite(self, (g,), restore=lambda: self.perturb(seed, eps), what="projected gradient")
         with stochastic_rounding(seed, self.stochastic_rounding):
             self._update(seed, g)                        # P3
         self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus}
@@ -266,13 +267,14 @@ class TwoPointZO(ZOOptimizer):
         return 1.0 - beta1 ** (self.t + 1), 1.0 - beta2 ** (self.t + 1)
 
 
-def check_finite(opt: ZOOptimizer, losses: Iterable[float], restore: Callable[[], None]) -> None:
-    """If a probe loss is NaN/inf: undo the step's perturbation with `restore` (nothing is lost), then raise."""
-    bad = [x for x in losses if not math.isfinite(x)]
+def check_finite(opt: ZOOptimizer, values: Iterable[float], restore: Callable[[], None], what: str = "loss") -> None:
+    """If a probe loss (or the projected gradient) is NaN/inf: undo the step's perturbation with `restore`, so the
+    step applies nothing and loses nothing, then raise."""
+    bad = [x for x in values if not math.isfinite(x)]
     if bad:
         restore()
         raise NonFiniteLossError(
-            f"loss became {bad[0]} at step {opt.t}; weights were restored. With float16 weights try "
+            f"{what} became {bad[0]} at step {opt.t}; weights were restored. With float16 weights try "
             "--dtype bfloat16 or float32; otherwise lower --lr or --eps")
 
 

@@ -159,6 +159,7 @@ class HiZOO(ZOOptimizer):
         g = (loss_plus - loss_minus) / (2.0 * eps)
         delta = loss_plus + loss_minus - 2.0 * loss0
         c = abs(delta) / (2.0 * eps * eps)
+        check_finite(self, (g, c), restore=lambda: self.perturb(seed, eps), what="projected gradient or curvature")
         alpha = self.current_alpha()
         with stochastic_rounding(seed, self.stochastic_rounding):
             for i, p, z in self.engine.sweep(seed):                  # P3: restore, update H, step

@@ -1,0 +1,130 @@
+"""Runs that survive: SIGKILL at seeded random points (inside a step, inside a checkpoint write, inside an
+evaluation), then `--resume`, must end bitwise equal to an uninterrupted run; SIGTERM saves and exits 143.
+
+The default suite runs one trial per algorithm (a different phase each); `pytest -m slow tests/test_faults.py`
+runs 10 seeded trials per algorithm and prints the work lost per kill (in steps).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+ROOT = Path(__file__).resolve().parents[1]
+ALGOS = {"mezo": (), "hizoo": ("--hessian-smooth", "0.01"), "tezo-adam": ("--rank", "4")}
+FORWARDS = {"mezo": 2, "hizoo": 3, "tezo-adam": 2}
+STEPS = 10
+
+
+def _env():
+    return {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1", "COLUMNS": "200"}
+
+
+def _args(model_dir: Path, out: Path, algo: str, *extra: str) -> list[str]:
+    return ["train", "--model", str(model_dir), "--data-dir", "builtin", "--num-train", "32", "--num-dev", "8",
+            "--num-eval", "8", "--batch-size", "4", "--steps", str(STEPS), "--eval-every", "4", "--save-every", "2",
+            "--keep-last", "2", "--log-every", "1", "--lr", "1e-3", "--eps", "1e-2", "--device", "cpu", "--algo",
+            algo, *ALGOS[algo], "--output-dir", str(out), *extra]
+
+
+def _zoft(args: list[str], fault: tuple[str, int] | None = None) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "zoft", *args] if fault is None else \
+        [sys.executable, str(ROOT / "tests" / "fault_child.py"), fault[0], str(fault[1]), "--", *args]
+    return subprocess.run(cmd, cwd=ROOT, env=_env(), capture_output=True, text=True, timeout=300)
+
+
+def _weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(run / "final" / "model.safetensors")
+
+
+@pytest.fixture(scope="module")
+def references(tiny_model_dirs, tmp_path_factory):
+    """Uninterrupted runs, one per algorithm (computed on first use)."""
+    cache: dict[str, dict[str, torch.Tensor]] = {}
+
+    def get(algo: str) -> dict[str, torch.Tensor]:
+        if algo not in cache:
+            out = tmp_path_factory.mktemp(f"ref-{algo}") / "run"
+            done = _zoft(_args(tiny_model_dirs["llama"], out, algo))
+            assert done.returncode == 0, done.stderr
+            cache[algo] = _weights(out)
+        return cache[algo]
+
+    return get
+
+
+def _trial(algo: str, phase: str, n: int, model_dir: Path, out: Path, reference) -> int | None:
+    """Kill, resume, compare; returns the steps of work the kill cost (done before it − resumed from), or None
+    when a timed kill came after the run had finished."""
+    killed = _zoft(_args(model_dir, out, algo), fault=(phase, n))
+    if phase == "time" and killed.returncode == 0:
+        return None
+    assert killed.returncode == -signal.SIGKILL, (phase, n, killed.returncode, killed.stderr[-2000:])
+    metrics = out / "metrics.jsonl"
+    done = max((json.loads(x)["step"] for x in metrics.read_text().splitlines() if '"train"' in x), default=0) \
+        if metrics.is_file() else 0
+    resumed = _zoft(_args(model_dir, out, algo, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    match = re.search(r"resumed from \S+ at step (\d+)", resumed.stderr)
+    start = int(match.group(1)) if match else 0
+    final = _weights(out)
+    ref = reference(algo)
+    assert final.keys() == ref.keys()
+    for name in ref:
+        assert torch.equal(final[name], ref[name]), f"{algo} {phase}:{n}: {name} differs after resume"
+    assert not list(out.glob(".*.tmp")), "a temp checkpoint dir was left behind"
+    return max(done - start, 0)
+
+
+@pytest.mark.parametrize("algo,phase,n", [("mezo", "step", 9), ("hizoo", "save", 3), ("tezo-adam", "eval", 3)])
+def test_sigkill_then_resume_is_bitwise_exact(algo, phase, n, tiny_model_dirs, tmp_path, references):
+    _trial(algo, phase, n, tiny_model_dirs["llama"], tmp_path / "run", references)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("algo", list(ALGOS))
+def test_ten_seeded_random_kills_per_algorithm(algo, tiny_model_dirs, tmp_path, references):
+    rng = random.Random(f"faults-{algo}")
+    lost = []
+    for trial in range(10):
+        phase = rng.choice(["step", "save", "eval", "time"])
+        n = {"step": rng.randint(1, STEPS * FORWARDS[algo]), "save": rng.randint(1, 6),
+             "eval": rng.randint(1, 4), "time": rng.randint(3500, 6500)}[phase]
+        cost = _trial(algo, phase, n, tiny_model_dirs["llama"], tmp_path / f"t{trial}", references)
+        if cost is not None:
+            lost.append((phase, n, cost))
+    print(f"\n{algo}: {len(lost)} kills, steps of work lost per kill: {[x[2] for x in lost]} "
+          f"(phases {[f'{p}:{n}' for p, n, _ in lost]})")
+    assert len(lost) >= 8
+
+
+def test_sigterm_saves_and_exits_143_with_a_resume_hint(tiny_model_dirs, tmp_path):
+    out = tmp_path / "run"
+    args = _args(tiny_model_dirs["llama"], out, "mezo")
+    args[args.index("--steps") + 1] = "400"
+    proc = subprocess.Popen([sys.executable, "-m", "zoft", *args], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "metrics.jsonl").is_file():
+        time.sleep(0.2)
+    while time.time() < deadline and '"train"' not in (out / "metrics.jsonl").read_text():
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 143, stderr[-2000:]
+    assert "--resume" in stderr
+    saved = sorted(out.glob("checkpoint-*"))
+    assert saved, "no checkpoint saved on SIGTERM"
+    state = json.loads((saved[-1] / "zoft_state.json").read_text())
+    assert 0 < state["step"] < 400
