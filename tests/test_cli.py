@@ -168,3 +168,60 @@ def test_eval_zero_shot_of_a_base_model(tiny_model_dirs):
     assert result.exit_code == 0, result.output
     report = json.loads(result.output)
     assert report["num_eval"] == 12 and 0 <= report["eval_accuracy"] <= 1
+
+
+_BAD_FILES = {
+    "broken.jsonl": b'{"text": "fine", "label": 0}\n{"text": "broken", "label": \n',
+    "ragged.csv": b"text,label\nfine,0\ntoo,many,cells\n",
+    "header_only.csv": b"text,label\n",
+    "latin1.jsonl": '{"text": "caf\xe9", "label": 0}\n'.encode("latin-1"),
+    "labels.jsonl": b'{"text": "a", "label": 0}\n{"text": "b", "label": 7}\n',
+    "ok.jsonl": b"".join(b'{"text": "row %d", "label": %d}\n' % (i, i % 2) for i in range(20)),
+    "notes.txt": b"just text\n",
+}
+
+
+@pytest.mark.parametrize("extra,needle", [
+    (["--data-file", "{broken.jsonl}", "--verbalizer", "0=a,1=b"], "line 2 is not valid JSON"),
+    (["--data-file", "{ragged.csv}", "--verbalizer", "0=a,1=b"], "data row 2 (line 3) has more cells"),
+    (["--data-file", "{header_only.csv}", "--verbalizer", "0=a,1=b"], "has no data rows"),
+    (["--data-file", "{latin1.jsonl}", "--verbalizer", "0=a,1=b"], "not UTF-8 text"),
+    (["--data-file", "{labels.jsonl}", "--verbalizer", "0=a,1=b"], "has label 7, which --verbalizer does not map"),
+    (["--data-file", "{ok.jsonl}", "--verbalizer", "0=a,1=b", "--template", "{text} {mood}"],
+     "--template field 'mood' is not a column"),
+    (["--data-file", "{ok.jsonl}", "--verbalizer", "0=a,1=b", "--label-field", "y"], "available columns: label, text"),
+    (["--data-file", "{notes.txt}", "--verbalizer", "0=a,1=b"], "unsupported file type '.txt'"),
+    (["--data-file", "{ok.jsonl}", "--verbalizer", "0=a"], "at least two labels"),
+    (["--data-file", "{ok.jsonl}", "--verbalizer", "0=a,1=b", "--batch-size", "64", "--num-train", "12",
+      "--num-dev", "4"], "--batch-size 64 exceeds the 12 train examples"),
+    (["--data-file", "{ok.jsonl}", "--verbalizer", "0=a,1=b", "--num-dev", "4"], "no rows of"),
+    (["--data-file", "{ok.jsonl}", "--verbalizer", "0=a,1=b", "--mode", "adapter"], "--mode adapter: choose"),
+    (["--data-file", "{ok.jsonl}", "--verbalizer", "0=a,1=b", "--max-bad-steps", "0"], "--max-bad-steps must be > 0"),
+    (["--data-file", "{ok.jsonl}", "--verbalizer", "0=a,1=b", "--load-in-8bit", "--load-in-4bit"], "contradict"),
+])
+def test_hostile_custom_inputs_exit_2_and_write_nothing(extra, needle, tiny_model_dirs, tmp_path):
+    for name, data in _BAD_FILES.items():
+        (tmp_path / name).write_bytes(data)
+    extra = [str(tmp_path / x[1:-1]) if x.startswith("{") and x.endswith("}") and "." in x else x for x in extra]
+    out = tmp_path / "run"
+    result = runner.invoke(app, ["train", "--task", "custom", "--model", str(tiny_model_dirs["opt"]), "--device",
+                                 "cpu", "--output-dir", str(out), *extra])
+    assert result.exit_code == 2, result.output
+    text = " ".join(result.output.split())
+    assert needle in text
+    assert "Traceback" not in result.output and len(result.output.strip().splitlines()) <= 3
+    assert not out.exists()
+
+
+def test_resume_with_another_algorithm_or_model_is_refused(tiny_model_dirs, tmp_path):
+    out = tmp_path / "run"
+    base = ["train", "--data-dir", "builtin", "--num-train", "16", "--num-dev", "4", "--num-eval", "4",
+            "--batch-size", "4", "--steps", "2", "--eval-every", "0", "--save-every", "1", "--device", "cpu",
+            "--output-dir", str(out)]
+    assert runner.invoke(app, [*base, "--model", str(tiny_model_dirs["opt"])]).exit_code == 0
+    before = {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()}
+    for extra, needle in ((["--model", str(tiny_model_dirs["opt"]), "--algo", "zo-adam"], "algo ('mezo' in the run"),
+                          (["--model", str(tiny_model_dirs["llama"])], "model (")):
+        result = runner.invoke(app, [*base, *extra, "--resume", "--steps", "4"])
+        assert result.exit_code == 2 and needle in " ".join(result.output.split()), result.output
+    assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
