@@ -128,3 +128,25 @@ def test_sigterm_saves_and_exits_143_with_a_resume_hint(tiny_model_dirs, tmp_pat
     assert saved, "no checkpoint saved on SIGTERM"
     state = json.loads((saved[-1] / "zoft_state.json").read_text())
     assert 0 < state["step"] < 400
+
+
+def test_a_second_sigint_exits_at_once_and_leaves_only_complete_checkpoints(tiny_model_dirs, tmp_path):
+    from zoft.checkpoint import is_complete
+
+    out = tmp_path / "run"
+    args = _args(tiny_model_dirs["llama"], out, "mezo")
+    args[args.index("--steps") + 1] = "400"
+    proc = subprocess.Popen([sys.executable, "-m", "zoft", *args], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 120
+    while time.time() < deadline and not list(out.glob("checkpoint-*")):
+        time.sleep(0.1)
+    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 130, stderr[-2000:]
+    assert "Traceback" not in stderr
+    for ckpt in out.glob("checkpoint-*"):
+        assert is_complete(ckpt), ckpt
+    resumed = _zoft([*args[:args.index("--steps") + 1], "8", *args[args.index("--steps") + 2:], "--resume"])
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
