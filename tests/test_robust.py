@@ -181,3 +181,19 @@ def test_model_dir_without_weights_and_remote_code(tiny_model_dirs, tmp_path):
     assert not marker.exists()  # the model's own code never ran
     runner.invoke(app, args(remote, tmp_path / "o3", "--steps", "1", "--trust-remote-code"))
     assert marker.exists()  # only when asked for
+
+
+def test_a_tokenizer_without_pad_token_is_handled(tiny_model_dirs, tmp_path):
+    from transformers import AutoTokenizer
+
+    model_dir = tmp_path / "nopad"
+    model_dir.mkdir()
+    for f in tiny_model_dirs["llama"].iterdir():
+        if not f.name.startswith("tokenizer") and f.name != "special_tokens_map.json":
+            (model_dir / f.name).write_bytes(f.read_bytes())
+    tok = AutoTokenizer.from_pretrained(tiny_model_dirs["llama"])
+    tok.pad_token = None
+    tok.save_pretrained(model_dir)
+    assert AutoTokenizer.from_pretrained(model_dir).pad_token_id is None
+    result = runner.invoke(app, args(model_dir, tmp_path / "run", "--steps", "2"))
+    assert result.exit_code == 0, result.output  # EOS pads, as MeZO does for OPT/Llama
