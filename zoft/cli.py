@@ -480,6 +480,39 @@ def sweep_cmd(
                   f"({result['output_dir']}/results.md)", highlight=False, markup=False)
 
 
+@app.command("replay", epilog="[bold]Examples[/]\n\n  zoft replay smollm2-135m runs/mezo-sst2 --to-step 100 "
+             "--output-dir runs/mezo-sst2-at-100\n\n  zoft replay ./opt-1.3b runs/hizoo-rte   [dim]# the last step, "
+             "into runs/hizoo-rte/replay-N[/]")
+def replay_cmd(
+    base: Annotated[str, typer.Argument(help="The run's base model (hub id, local dir or smollm2-135m); "
+                                        "'-' takes the run's own --model.")],
+    run_dir: Annotated[str, typer.Argument(help="A zoft run dir (config.yaml and trajectory.jsonl).")],
+    to_step: Annotated[Optional[int], typer.Option(help="Rebuild the weights after this many steps.",
+                                                   show_default="the last")] = None,
+    output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Where to write the checkpoint.",
+                                                      show_default="RUN_DIR/replay-<step>")] = None,
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing output dir.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the result as JSON.")] = False,
+) -> None:
+    """Rebuild a run's weights at any step from its base model and seed trajectory, with no forward pass.
+
+    A ZO run is determined by the base, config.yaml and each step's projected gradient: trajectory.jsonl keeps
+    those (~30 bytes a step), so a checkpoint for any step can be made again, bitwise, from a file of a few
+    hundred KB.
+    """
+    from zoft.progress import Reporter
+    from zoft.replay import ReplayRequest, replay
+
+    req = ReplayRequest(base=None if base == "-" else base, run_dir=run_dir, to_step=to_step,
+                        output_dir=output_dir, overwrite=overwrite)
+    result = _guarded(replay, req, Reporter(err, quiet=_STATE["quiet"]))
+    if as_json:
+        out.print_json(json.dumps(result))
+    else:
+        out.print(f"wrote {result['output_dir']}: {result['algo']} weights after step {result['step']} "
+                  f"(from a {result['trajectory_bytes']:,}-byte trajectory)", highlight=False)
+
+
 @app.command("estimate-memory", epilog="[bold]Examples[/]\n\n  zoft estimate-memory facebook/opt-13b --algo "
              "hizoo --gpu-memory 80GB\n\n  zoft estimate-memory smollm2-135m --algo tezo-adam --device cpu "
              "--dtype float32 --json")

@@ -50,6 +50,20 @@ def trajectory_keys() -> tuple[str, ...]:
     return _TRAJECTORY_KEYS + tuple(k for k in algorithm_options() if k not in NON_TRAJECTORY_OPTIONS)
 
 
+TRAJECTORY_FILE = "trajectory.jsonl"
+#: short names of the replay scalars in trajectory.jsonl (a 20 000-step MeZO trajectory is ~0.6 MB)
+_SHORT = {"projected_grad": "g", "curvature": "c"}
+
+
+def encode_record(record: dict[str, float]) -> dict[str, float]:
+    return {_SHORT.get(k, k): v for k, v in record.items()}
+
+
+def decode_record(line: dict[str, Any]) -> dict[str, Any]:
+    long = {v: k for k, v in _SHORT.items()}
+    return {long.get(k, k): v for k, v in line.items() if k != "t"}
+
+
 class Diverged(Exception):
     """The loss or projected gradient stayed non-finite (or collapsed to 0) for `--max-bad-steps` steps; no bad
     step was applied and the last checkpoint is the last good state. The CLI exits with code 3."""
@@ -103,6 +117,38 @@ def check_objective(cfg: TrainConfig, task) -> None:
     problem = check(cfg.objective, task.objective, task.name)
     if problem:
         raise ConfigError(problem)
+
+
+def build_model(cfg: TrainConfig, model_path: str):
+    """(model, tokenizer, path): the base as `cfg` loads it, with the tuning mode's adapters attached (their init
+    is seeded by `cfg.seed`, so `zoft replay` rebuilds the same ones)."""
+    from zoft.models import load_model
+
+    quantize = "8bit" if cfg.load_in_8bit else "4bit" if cfg.load_in_4bit else None
+    model, tokenizer, model_path = load_model(model_path, cfg.dtype, cfg.device, quantize=quantize,
+                                              trust_remote_code=cfg.trust_remote_code)
+    if cfg.mode != "full":
+        from zoft.modes import attach
+
+        try:
+            model = attach(model, cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
+                           lora_targets=tuple(t.strip() for t in cfg.lora_targets.split(",") if t.strip()),
+                           virtual_tokens=cfg.virtual_tokens, prefix_init=cfg.prefix_init, seed=cfg.seed,
+                           adapter_dtype=torch.float32 if quantize else None)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
+    return model, tokenizer, model_path
+
+
+def build_optimizer(cfg: TrainConfig, named):
+    """The configured algorithm over the trainable tensors (stochastic rounding and exact-bf16 residuals set)."""
+    algo_cls = ALGORITHMS[cfg.algo]
+    opt = algo_cls(named, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, seed=cfg.seed, noise=cfg.noise,
+                   **{k: getattr(cfg, k) for k in algo_cls.config_keys})
+    opt.stochastic_rounding = cfg.stochastic_rounding
+    if cfg.exact_bf16:
+        opt.keep_residuals()
+    return opt
 
 
 def batch_indices(step: int, batch_size: int, num_train: int, seed: int) -> list[int]:
@@ -189,15 +235,18 @@ def _stop_signals():
 
 
 class _Metrics:
-    """Appends JSON lines to metrics.jsonl and keeps them for the plot."""
+    """Appends JSON lines to metrics.jsonl (or trajectory.jsonl) and keeps them for the plot."""
 
-    def __init__(self, path: Path, keep_until_step: int | None):
+    def __init__(self, path: Path, keep_until_step: int | None, step_key: str = "step"):
         self.path = path
         self.records: list[dict[str, Any]] = []
         if keep_until_step is not None and path.is_file():  # resume: drop what the lost steps logged
             for line in path.read_text().splitlines():
-                rec = json.loads(line)
-                if rec.get("step", 0) <= keep_until_step and rec.get("event") != "end":
+                try:
+                    rec = json.loads(line)
+                except json.JSONDecodeError:  # the last line of a killed run may be cut short
+                    continue
+                if rec.get(step_key, 0) <= keep_until_step and rec.get("event") != "end":
                     self.records.append(rec)
         path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
 
@@ -209,7 +258,7 @@ class _Metrics:
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     """Run a ZO fine-tune as configured; returns the run summary (also written to summary.json)."""
-    from zoft.models import load_model, resolve_device, resolve_dtype, resolve_model_path
+    from zoft.models import resolve_device, resolve_dtype, resolve_model_path
     from zoft.tasks import load_splits
     from zoft.plot import plot_metrics
 
@@ -242,20 +291,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         cfg.num_dev = len(splits.dev)
     reporter.info(f"data: {splits.source}: {len(splits.train)} train / {len(splits.dev)} dev / "
                   f"{len(splits.eval)} eval")
-    quantize = "8bit" if cfg.load_in_8bit else "4bit" if cfg.load_in_4bit else None
-    model, tokenizer, model_path = load_model(model_path, cfg.dtype, cfg.device, quantize=quantize,
-                                              trust_remote_code=cfg.trust_remote_code)
+    model, tokenizer, model_path = build_model(cfg, model_path)
     device = next(model.parameters()).device
-    if cfg.mode != "full":
-        from zoft.modes import attach
-
-        try:
-            model = attach(model, cfg.mode, lora_r=cfg.lora_r, lora_alpha=cfg.lora_alpha,
-                           lora_targets=tuple(t.strip() for t in cfg.lora_targets.split(",") if t.strip()),
-                           virtual_tokens=cfg.virtual_tokens, prefix_init=cfg.prefix_init, seed=cfg.seed,
-                           adapter_dtype=torch.float32 if quantize else None)
-        except ValueError as exc:
-            raise ConfigError(str(exc)) from None
     pad = pad_id(tokenizer)
     max_length = fit_length(model, cfg.max_length, cfg.virtual_tokens or 0)
     train_enc = encode_examples(tokenizer, splits.train, max_length)
@@ -265,14 +302,9 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     metric = task.metric
     objective = Objective(cfg.objective, task.objective, pad, device, tokenizer)
     named = trainable_parameters(model)
-    algo_cls = ALGORITHMS[cfg.algo]
-    opt = algo_cls(named, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, seed=cfg.seed, noise=cfg.noise,
-                   **{k: getattr(cfg, k) for k in algo_cls.config_keys})
-    opt.stochastic_rounding = cfg.stochastic_rounding
+    opt = build_optimizer(cfg, named)
     reset_peak_memory(device)  # from here on: what training and evaluation need, not what loading took
-    if cfg.exact_bf16:
-        opt.keep_residuals()
-    elif any(p.dtype == torch.bfloat16 for _, p in named) and cfg.steps >= 100:
+    if not cfg.exact_bf16 and any(p.dtype == torch.bfloat16 for _, p in named) and cfg.steps >= 100:
         # measured (bench/low_precision.py): 0.39 % RMS per perturb/restore cycle, growing as √steps
         log.warning("bf16 weights random-walk under ZO perturb/restore passes (%.0f %% RMS after %d steps on "
                     "SmolLM2, estimated); --exact-bf16 removes the drift for 2 more bytes per weight",
@@ -296,6 +328,9 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
             state["best_dev_metric"] = state.pop("best_dev_accuracy")
         reporter.info(f"resumed from {resume_from} at step {state['step']}")
     metrics = _Metrics(out / "metrics.jsonl", state["step"] if resume_from is not None else None)
+    # the seed-trajectory: with the base model and config.yaml it rebuilds the weights at any step (zoft replay)
+    trajectory = _Metrics(out / TRAJECTORY_FILE, state["step"] if resume_from is not None else None, "t") \
+        if opt.replayable else None
     if resume_from is None:
         metrics.write({"event": "start", "step": 0, "zoft": __version__, "model_path": model_path,
                        "algo": cfg.algo, "trainable_params": n_trainable, "state_bytes": opt.state_bytes(),
@@ -360,8 +395,12 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
                     raise Diverged(_divergence_message(cfg, bad_steps, step + 1, str(exc).split(";")[0],
                                                        next_resume_point(out))) from None
                 loss = None
+                if trajectory is not None:
+                    trajectory.write({"t": step + 1, "skipped": True})
             else:
                 bad_steps = 0
+                if trajectory is not None:
+                    trajectory.write({"t": step + 1, **encode_record(opt.trajectory_record())})
             state["train_s"] += time.perf_counter() - t_step  # steps only: evals and saves excluded from it/s
             # fp16 LLaMA runs are reported to collapse to exactly-zero loss (ALGORITHMS.md §1.8)
             zero_losses = zero_losses + 1 if loss == 0.0 and objective.differentiable else 0

@@ -86,6 +86,10 @@ class ZOOptimizer(torch.optim.Optimizer):
     #: defaults for full fine-tuning (ALGORITHMS.md §9)
     default_lr: float = 1e-6
     default_eps: float = 1e-3
+    #: scalars of `last` that, with the step seed, fix every pass of a step: a run's trajectory (`replay`)
+    replay_keys: tuple[str, ...] = ("projected_grad",)
+    #: whether `replay` can rebuild the weights from the trajectory alone (not for first-order methods)
+    replayable: bool = True
 
     def __init__(self, params: Iterable[Any], lr: float | None = None, eps: float | None = None,
                  weight_decay: float = 0.0, seed: int = 0, noise: str = "table", **defaults: Any):
@@ -146,6 +150,31 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     def _zo_step(self, closure: Closure, seed: int) -> float:
         raise NotImplementedError  # abstract: each algorithm defines its step
+
+    def trajectory_record(self) -> dict[str, float]:
+        """What `replay` needs of the step just taken (besides its seed, which the step index gives)."""
+        return {k: self.last[k] for k in self.replay_keys}
+
+    @torch.no_grad()
+    def replay(self, record: dict[str, Any]) -> None:
+        """Apply the next step's passes from its trajectory record, without a forward: the same in-place
+        operations in the same order as the step that was trained, so the weights and state come out bitwise
+        equal. `record` is `trajectory_record()`, or `{"skipped": True}` for a step whose loss was not finite."""
+        if not self.replayable:
+            raise ValueError(f"{type(self).__name__} steps depend on gradients, which a trajectory does not hold")
+        seed = step_seed(self.seed, self.t)
+        if record.get("skipped"):
+            eps = self.param_groups[0]["eps"]
+            self.perturb(seed, eps)          # the probes and the restore of a step that was not applied
+            self.perturb(seed, -2.0 * eps)
+            self.perturb(seed, eps)
+        else:
+            self._replay(seed, record)
+        self.t += 1
+        self.forwards += self.forwards_per_step
+
+    def _replay(self, seed: int, record: dict[str, Any]) -> None:
+        raise NotImplementedError  # the passes of `_zo_step`, with the recorded scalars instead of the forwards
 
     @torch.no_grad()
     def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
@@ -247,6 +276,13 @@ class TwoPointZO(ZOOptimizer):
 
     def _update(self, seed: int, g: float) -> None:
         raise NotImplementedError  # abstract: the fused restore + update pass P3
+
+    def _replay(self, seed: int, record: dict[str, Any]) -> None:
+        eps = self.eps
+        self.perturb(seed, eps)
+        self.perturb(seed, -2.0 * eps)
+        with stochastic_rounding(seed, self.stochastic_rounding):
+            self._update(seed, record["projected_grad"])
 
     def _zo_step(self, closure: Closure, seed: int) -> float:
         eps = self.eps

@@ -31,6 +31,7 @@ class FirstOrderAdam(ZOOptimizer):
     state_desc = "2d fp32 (m, v) + d gradients + saved activations"
     forwards_per_step = 1
     first_order = True
+    replayable = False  # its steps depend on gradients: a trajectory of scalars cannot rebuild them
     dense_z = False
     config_keys = ("momentum", "beta2", "adam_eps")
     default_lr = 1e-5  # MeZO's FT grid for OPT-13B is {1e-5, 5e-5, 8e-5}

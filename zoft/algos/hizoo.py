@@ -75,6 +75,7 @@ class HiZOO(ZOOptimizer):
     summary = ("curvature-scaled probes (diagonal Hessian EMA): 3 forwards/step, +1 fp32 per weight; "
                "for ill-conditioned problems when memory for H is free")
     paper = "Zhao et al. 2024, arXiv 2402.15173"
+    replay_keys = ("projected_grad", "curvature")
     state_desc = "d fp32 (H per weight)"
     forwards_per_step = 3
     scratch_slots = 2  # √H (or the rebuilt factored H) and the curvature sample
@@ -160,6 +161,19 @@ class HiZOO(ZOOptimizer):
         delta = loss_plus + loss_minus - 2.0 * loss0
         c = abs(delta) / (2.0 * eps * eps)
         check_finite(self, (g, c), restore=lambda: self.perturb(seed, eps), what="projected gradient or curvature")
+        alpha = self._apply(seed, g, c)
+        self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus, "loss0": loss0,
+                     "curvature": c, "hessian_smooth": alpha}
+        return loss0
+
+    def _replay(self, seed: int, record: dict) -> None:
+        eps = self.param_groups[0]["eps"]
+        self.perturb(seed, eps)
+        self.perturb(seed, -2.0 * eps)
+        self._apply(seed, record["projected_grad"], record["curvature"])
+
+    def _apply(self, seed: int, g: float, c: float) -> float:
+        """P3: restore, update H with the curvature sample c, step along z/√H with g; returns the α used."""
         alpha = self.current_alpha()
         with stochastic_rounding(seed, self.stochastic_rounding):
             for i, p, z in self.engine.sweep(seed):                  # P3: restore, update H, step
@@ -168,9 +182,7 @@ class HiZOO(ZOOptimizer):
                 self._update_h(i, z, c, alpha)
                 scale_(p, self.decay_factor(i))
                 addcdiv_(p, z, self._sqrt_h(i, 0), -group["lr"] * g)  # step with H_new
-        self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus, "loss0": loss0,
-                     "curvature": c, "hessian_smooth": alpha}
-        return loss0
+        return alpha
 
     def diagnostics(self) -> dict[str, float]:
         """Mean, spread and range of log H over all weights: H departing from 0 (= log 1) shows it learning."""

@@ -1,0 +1,93 @@
+"""Seed-trajectory checkpoints: `zoft replay` rebuilds the saved weights bitwise from base + trajectory."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from typer.testing import CliRunner
+
+from zoft.cli import app
+
+runner = CliRunner()
+OPTIONS = {"mezo": (), "zo-adam": (), "hizoo": ("--hessian-smooth", "0.01"), "hizoo-l": ("--hessian-smooth", "0.01"),
+           "tezo-adam": ("--rank", "4"), "zo-sgd-mmt": (), "tezo": ("--rank", "4"), "tezo-m": ("--rank", "4")}
+
+
+def _train(model_dir, out, algo, *extra):
+    args = ["train", "--model", str(model_dir), "--data-dir", "builtin", "--num-train", "32", "--num-dev", "8",
+            "--num-eval", "8", "--batch-size", "4", "--lr", "1e-3", "--eps", "1e-2", "--output-dir", str(out),
+            "--device", "cpu", "--steps", "6", "--eval-every", "0", "--save-every", "2", "--keep-last", "0",
+            "--algo", algo, *OPTIONS.get(algo, ()), *extra]
+    result = runner.invoke(app, args)
+    assert result.exit_code == 0, result.output
+
+
+def _equal(a_dir, b_dir):
+    a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
+    return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize("algo", list(OPTIONS))
+def test_replay_equals_the_saved_checkpoints_bitwise(algo, tiny_model_dirs, tmp_path):
+    model_dir = tiny_model_dirs["llama"]
+    run = tmp_path / "run"
+    _train(model_dir, run, algo)
+    lines = (run / "trajectory.jsonl").read_text().splitlines()
+    assert [json.loads(x)["t"] for x in lines] == [1, 2, 3, 4, 5, 6]
+    for step, saved in ((4, run / "checkpoint-4"), (6, run / "final")):
+        out = tmp_path / f"replay-{step}"
+        result = runner.invoke(app, ["replay", str(model_dir), str(run), "--to-step", str(step), "--output-dir",
+                                     str(out)])
+        assert result.exit_code == 0, result.output
+        assert _equal(out, saved), f"{algo}: replay to step {step} differs from {saved.name}"
+
+
+def test_replayed_checkpoint_resumes_like_the_run(tiny_model_dirs, tmp_path):
+    model_dir = tiny_model_dirs["llama"]
+    run = tmp_path / "run"
+    _train(model_dir, run, "zo-adam")
+    out = tmp_path / "at2"
+    assert runner.invoke(app, ["replay", "-", str(run), "--to-step", "2", "-o", str(out)]).exit_code == 0
+    # the replayed optimizer state (Adam moments) is the run's at step 2
+    a = torch.load(out / "zoft_optimizer.pt", weights_only=True)
+    b = torch.load(run / "checkpoint-2" / "zoft_optimizer.pt", weights_only=True)
+    for index, st in b["state"].items():
+        for key, value in st.items():
+            if isinstance(value, torch.Tensor):
+                assert torch.equal(a["state"][index][key], value)
+
+
+def test_skipped_steps_replay_too(tiny_model_dirs, tmp_path, monkeypatch):
+    import zoft.algos.mezo
+
+    real = zoft.algos.mezo.MeZO._zo_step
+
+    def nan_at_step_3(self, closure, seed):
+        if self.t == 2:
+            return real(self, lambda: torch.tensor(float("nan")), seed)
+        return real(self, closure, seed)
+
+    monkeypatch.setattr(zoft.algos.mezo.MeZO, "_zo_step", nan_at_step_3)
+    run = tmp_path / "run"
+    _train(tiny_model_dirs["llama"], run, "mezo")
+    assert '"skipped": true' in (run / "trajectory.jsonl").read_text()
+    monkeypatch.undo()
+    out = tmp_path / "r"
+    assert runner.invoke(app, ["replay", "-", str(run), "-o", str(out)]).exit_code == 0
+    assert _equal(out, run / "final")
+
+
+def test_replay_refusals(tiny_model_dirs, tmp_path):
+    model_dir = tiny_model_dirs["llama"]
+    run = tmp_path / "run"
+    _train(model_dir, run, "mezo")
+    for args, needle in ((["--to-step", "7"], "trajectory of 6 steps"), (["-o", str(run)], "already exists")):
+        result = runner.invoke(app, ["replay", "-", str(run), *args])
+        assert result.exit_code == 2 and needle in result.output, result.output
+    fo = tmp_path / "fo"
+    _train(model_dir, fo, "fo-adam")
+    result = runner.invoke(app, ["replay", "-", str(fo)])
+    assert result.exit_code == 2 and "cannot be replayed" in result.output
+    result = runner.invoke(app, ["replay", "-", str(tmp_path)])
+    assert result.exit_code == 2 and "not a zoft run dir" in result.output
