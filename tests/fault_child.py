@@ -2,6 +2,7 @@
 
     python tests/fault_child.py PHASE N -- train --model ... (zoft arguments)
 
+ZOFT_FAULT_RANK=R (under torchrun) plants it in rank R only.
 PHASE: `step` kills at the N-th forward of the optimizer (inside a step, weights perturbed), `save` right after
 the N-th torch.save (inside a checkpoint write, before its state file), `eval` at the N-th evaluation, `time`
 after N milliseconds wherever the run is. The process dies as on a pre-empted node: no handler runs.
@@ -16,6 +17,9 @@ import threading
 def main() -> None:
     phase, n = sys.argv[1], int(sys.argv[2])
     args = sys.argv[sys.argv.index("--") + 1:]
+    target = os.environ.get("ZOFT_FAULT_RANK")  # under torchrun: plant the fault in one rank only
+    if target is not None and os.environ.get("RANK") != target:
+        phase = "none"
     calls = {"n": 0}
 
     def bomb():
@@ -53,6 +57,8 @@ def main() -> None:
             return real_eval(*a, **k)
 
         zoft.train.evaluate = evaluate
+    elif phase == "none":
+        pass
     elif phase == "time":
         threading.Timer(n / 1000, lambda: os.kill(os.getpid(), signal.SIGKILL)).start()
     else:

@@ -59,3 +59,29 @@ class Objective:
         if self.task_objective in ("lm", "generation"):
             return lm_loss(model, batches)
         return classification_loss(model, batches)
+
+    def loss_parts(self, model, batches: list) -> tuple[float, float]:
+        """(sum, count) whose ratio is `loss`: what data-parallel ranks all-reduce so that every rank gets the
+        loss of the whole global batch (examples for CE and the metrics, tokens for the LM loss)."""
+        import torch.nn.functional as F
+
+        from zoft.scoring import candidate_scores, gold_token_nll
+
+        if self.objective == "f1":
+            from zoft.generate import generation_metrics
+
+            f1s = [f for chunk in batches
+                   for f in generation_metrics(model, self.tokenizer, chunk, self.pad_id, self.device)[1]]
+            return -float(sum(f1s)), float(len(f1s))
+        total, count = 0.0, 0.0
+        for b in batches:
+            if self.objective == "accuracy":
+                total -= float((candidate_scores(model, b).argmax(1) == b.labels).sum())
+                count += len(b.labels)
+            elif self.task_objective in ("lm", "generation"):
+                nll, n = gold_token_nll(model, b)
+                total, count = total + float(nll), count + n
+            else:
+                total += float(F.cross_entropy(candidate_scores(model, b), b.labels, reduction="sum"))
+                count += len(b.labels)
+        return total, count

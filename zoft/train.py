@@ -234,6 +234,15 @@ def _stop_signals():
             signal.signal(sig, h)
 
 
+class _Discard:
+    """metrics.jsonl of ranks other than 0: they log nothing."""
+
+    records: list = []
+
+    def write(self, record: dict[str, Any]) -> None:
+        pass
+
+
 class _Metrics:
     """Appends JSON lines to metrics.jsonl (or trajectory.jsonl) and keeps them for the plot."""
 
@@ -262,12 +271,33 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     from zoft.tasks import load_splits
     from zoft.plot import plot_metrics
 
+    from zoft import distributed
+
     cfg = finalize(cfg)
+    world = distributed.init(cfg.device)
+    if world.active:
+        if not ALGORITHMS[cfg.algo].replayable:
+            raise ConfigError(f"--algo {cfg.algo} backpropagates: data-parallel zoft all-reduces losses, not "
+                              "gradients; run it in one process")
+        if cfg.batch_size < world.size:
+            raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the {world.size} ranks; each rank "
+                              "needs at least one example")
+        if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()):
+            cfg.device = f"cuda:{world.local_rank}"
+            torch.cuda.set_device(world.local_rank)
+        distributed.check_same(cfg.seed, "run seed")
     reporter = reporter or Reporter()
+    if not world.main:
+        reporter = Reporter(quiet=True)
     out = Path(cfg.output_dir)
     task = build_task(cfg)  # custom tasks validate their files here, before any model loads
     check_objective(cfg, task)
-    resume_from = prepare_output_dir(cfg)
+    # rank 0 checks the run dir (and cleans up after a crash) before the others look for a checkpoint in it
+    resume_from = prepare_output_dir(cfg) if world.main else None
+    if world.active:
+        distributed.barrier()
+        if not world.main and cfg.resume:
+            resume_from = latest_checkpoint(out)
     device = resolve_device(cfg.device)  # fail on --device cuda without a GPU before reading any data
     if cfg.exact_bf16 and resolve_dtype(cfg.dtype, device) != torch.bfloat16:
         raise ConfigError(f"--exact-bf16 applies to bfloat16 weights, and --dtype {cfg.dtype} means "
@@ -311,12 +341,13 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
                     0.39 * cfg.steps ** 0.5, cfg.steps)
     n_trainable = sum(p.numel() for _, p in named)
 
-    if cfg.overwrite and out.exists():
-        shutil.rmtree(out)  # only now: a bad flag or a failed model load above loses nothing
-    out.mkdir(parents=True, exist_ok=True)
     config_yaml = f"# zoft {__version__} resolved config; rerun with: zoft train {out / 'config.yaml'}\n" + \
         to_yaml(cfg)
-    (out / "config.yaml").write_text(config_yaml)
+    if world.main:
+        if cfg.overwrite and out.exists():
+            shutil.rmtree(out)  # only now: a bad flag or a failed model load above loses nothing
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config_yaml)
 
     state: dict[str, Any] = {"step": 0, "best_dev_loss": math.inf, "best_dev_metric": None, "best_step": None,
                              "elapsed_s": 0.0, "train_s": 0.0, "zero_shot": {}}
@@ -327,24 +358,35 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         if "best_dev_accuracy" in state:  # runs saved before generation tasks had one metric key
             state["best_dev_metric"] = state.pop("best_dev_accuracy")
         reporter.info(f"resumed from {resume_from} at step {state['step']}")
-    metrics = _Metrics(out / "metrics.jsonl", state["step"] if resume_from is not None else None)
+    kept = state["step"] if resume_from is not None else None
+    metrics = _Metrics(out / "metrics.jsonl", kept) if world.main else _Discard()
     # the seed-trajectory: with the base model and config.yaml it rebuilds the weights at any step (zoft replay)
-    trajectory = _Metrics(out / TRAJECTORY_FILE, state["step"] if resume_from is not None else None, "t") \
-        if opt.replayable else None
+    trajectory = _Metrics(out / TRAJECTORY_FILE, kept, "t") if opt.replayable and world.main else None
     if resume_from is None:
         metrics.write({"event": "start", "step": 0, "zoft": __version__, "model_path": model_path,
                        "algo": cfg.algo, "trainable_params": n_trainable, "state_bytes": opt.state_bytes(),
                        "state_breakdown": opt.state_breakdown(), "residual_bytes": opt.residual_bytes(),
                        "dtype": str(next(model.parameters()).dtype), "device": str(device),
-                       "data": splits.source})
+                       "data": splits.source, "world_size": world.size,
+                       "comm_bytes_per_step": distributed.LOSS_REDUCE_BYTES * opt.forwards_per_step + 8
+                       if world.active else 0})
     reporter.info(f"{cfg.algo} on {n_trainable:,} trainable params ({model_path}), "
                   f"{opt.forwards_per_step} forwards/step, optimizer state {_state_text(opt)}")
 
-    def closure_for(indices: list[int]):
+    def closure_for(indices: list[int], step: int):
+        if world.active:  # this rank's shard of the global batch; the loss is summed over all shards
+            indices = indices[world.rank::world.size]
         chunks = [[train_enc[i] for i in indices[j:j + cfg.micro_batch_size]]
                   for j in range(0, len(indices), cfg.micro_batch_size)]
         batches = objective.batches(chunks)
-        return lambda: objective.loss(model, batches)
+        if not world.active:
+            return lambda: objective.loss(model, batches)
+
+        def global_loss():
+            total, count = distributed.all_reduce_sum(list(objective.loss_parts(model, batches)), step)
+            return total / count
+
+        return global_loss
 
     def score(encoded: list[Encoded]) -> dict[str, Any]:
         result = evaluate(model, encoded, pad, cfg.eval_batch_size, device, task.objective, tokenizer)
@@ -361,10 +403,11 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         return result
 
     def save(path: Path) -> None:
-        save_checkpoint(path, model, tokenizer, opt, state, config_yaml)
+        if world.main:
+            save_checkpoint(path, model, tokenizer, opt, state, config_yaml)
 
     start_step = state["step"]
-    if start_step == 0 and len(dev_enc) and cfg.eval_every > 0:
+    if start_step == 0 and len(dev_enc) and cfg.eval_every > 0 and world.main:
         zs = run_eval(0)
         state["zero_shot"][f"dev_{metric}"] = zs[metric]
         if len(eval_enc):
@@ -383,7 +426,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         for step in range(start_step, cfg.steps):
             t_step = time.perf_counter()
             try:
-                loss = opt.step(closure_for(batch_indices(step, cfg.batch_size, len(train_enc), cfg.seed)))
+                loss = opt.step(closure_for(batch_indices(step, cfg.batch_size, len(train_enc), cfg.seed),
+                                            step + 1))
             except NonFiniteLossError as exc:
                 # the optimizer restored the weights: this step applies nothing. Its seed is spent (opt.t moves
                 # on), so a resumed run meets the same steps with the same seeds.
@@ -423,27 +467,39 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
                 metrics.write(rec)
                 bar.log_line(done, cfg.steps, rec)
                 window.clear()
-            if cfg.eval_every and done % cfg.eval_every == 0 and len(dev_enc):
+            if cfg.eval_every and done % cfg.eval_every == 0 and len(dev_enc) and world.main:
                 result = run_eval(done)
                 if result["selection"] < state["best_dev_loss"]:
                     state.update(best_dev_loss=result["selection"], best_dev_metric=result[metric],
                                  best_step=done)
                     save(out / "best")
                 plot_metrics(metrics.records, out / "loss.png")
-            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps:
+            if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps and world.main:
                 save(out / f"checkpoint-{done}")
                 prune_checkpoints(out, cfg.keep_last)
+            if world.active:  # a signal reaching one rank stops every rank at the same step (one more scalar)
+                stop_all = distributed.all_reduce_sum([float(stop.get("code", 0))], done)[0]
+                if stop_all and not stop:
+                    stop["code"] = int(stop_all) if int(stop_all) in (130, 143) else 143
             if stop and done < cfg.steps:
                 path = out / f"checkpoint-{done}"
                 save(path)
                 raise Interrupted(stop["code"], path)
 
+    if world.active:
+        identical = distributed.digests_agree(distributed.parameter_digest(p for _, p in named))
+        if not world.main:
+            distributed.shutdown()
+            return {"rank": world.rank, "ranks_identical": identical}
     save(out / "final")
     if state["best_step"] is None:  # no dev evaluation: the final weights are the best we know
         state["best_step"] = cfg.steps
         shutil.copytree(out / "final", out / "best", dirs_exist_ok=True)
     summary = _final_eval(cfg, state, model, eval_enc, out, splits.eval, score, metric)
     summary["peak_memory_bytes"] = peak_memory(device)
+    if world.active:
+        summary.update(world_size=world.size, ranks_identical=identical)
+        distributed.shutdown()
     if cfg.merge:
         _write_merged(model, tokenizer, out / "final")
     metrics.write({"event": "end", "step": cfg.steps, **summary["eval"],
