@@ -48,3 +48,16 @@ def test_cuda_philox_kernel_is_seeded_and_restores():
     assert torch.equal(z, opt.engine.noise(0, step_seed(0, 1))) and abs(z.std().item() - 1) < 0.01
     opt.step(lambda: torch.tensor(1.0, device="cuda"))  # g = 0: perturb and restore in the fused kernel
     assert (p - before).abs().max().item() <= 1e-6
+
+
+@pytest.mark.skipif(torch.cuda.device_count() < 2, reason="needs two CUDA devices")
+def test_a_model_sharded_over_two_gpus_trains_each_tensor_on_its_device(tiny_model_dirs, tmp_path):
+    from typer.testing import CliRunner
+
+    from zoft.cli import app
+
+    result = CliRunner().invoke(app, ["train", "--model", str(tiny_model_dirs["llama"]), "--data-dir", "builtin",
+                                      "--num-train", "32", "--num-dev", "8", "--num-eval", "8", "--batch-size", "4",
+                                      "--steps", "3", "--device-map", "balanced", "--dtype", "float32",
+                                      "--output-dir", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output

@@ -197,3 +197,16 @@ def test_a_tokenizer_without_pad_token_is_handled(tiny_model_dirs, tmp_path):
     assert AutoTokenizer.from_pretrained(model_dir).pad_token_id is None
     result = runner.invoke(app, args(model_dir, tmp_path / "run", "--steps", "2"))
     assert result.exit_code == 0, result.output  # EOS pads, as MeZO does for OPT/Llama
+
+
+def test_device_map_places_with_accelerate_and_trains_like_a_plain_load(tiny_model_dirs, tmp_path):
+    # on a CPU-only machine accelerate puts every layer on the CPU: the same weights and trajectory as a plain
+    # load; across GPUs the engine perturbs each tensor on its own device (tests/test_gpu.py, when one is lent)
+    a, b = tmp_path / "plain", tmp_path / "mapped"
+    assert runner.invoke(app, args(tiny_model_dirs["llama"], a, "--steps", "3")).exit_code == 0
+    result = runner.invoke(app, args(tiny_model_dirs["llama"], b, "--steps", "3", "--device-map", "auto"))
+    assert result.exit_code == 0, result.output
+    x, y = load_file(a / "final" / "model.safetensors"), load_file(b / "final" / "model.safetensors")
+    assert all(torch.equal(x[k], y[k]) for k in x)
+    bad = runner.invoke(app, args(tiny_model_dirs["llama"], tmp_path / "bad", "--device-map", "everywhere"))
+    assert bad.exit_code == 2 and "--device-map everywhere" in bad.output

@@ -294,6 +294,10 @@ def train(
                                                    show_default=_D.dtype, rich_help_panel=HW)] = None,
     device: Annotated[Optional[Device], typer.Option(help="Where to run.", show_default=_D.device,
                                                      rich_help_panel=HW)] = None,
+    device_map: Annotated[Optional[str], typer.Option(help="Shard the model's layers over this machine's GPUs "
+                                                      "with accelerate (auto, balanced, sequential) for models "
+                                                      "larger than one GPU; ZO perturbs each tensor on its own "
+                                                      "device.", show_default=False, rich_help_panel=HW)] = None,
     nproc: Annotated[int, typer.Option(help="Data-parallel processes on this machine: reruns the command under "
                                        "torchrun (gloo on CPU, NCCL on GPUs); ranks share each step's batch and "
                                        "all-reduce 2-3 loss scalars per step. Under torchrun already, leave it 1.",

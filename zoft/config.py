@@ -103,6 +103,7 @@ class TrainConfig:
     # Hardware
     dtype: str = "auto"                 # auto → float32 on CPU, bfloat16 on CUDA
     device: str = "auto"
+    device_map: str | None = None       # shard layers over the GPUs with accelerate: auto, balanced, sequential
 
     def flag(self, name: str) -> str:
         return "--" + name.replace("_", "-")
@@ -260,6 +261,12 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--micro-batch-size {cfg.micro_batch_size} exceeds --batch-size {cfg.batch_size}")
     if cfg.overwrite and cfg.resume:
         raise ConfigError("--overwrite and --resume contradict each other; pick one")
+    if cfg.device_map is not None:
+        if cfg.device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+            raise ConfigError(f"--device-map {cfg.device_map}: choose auto, balanced, balanced_low_0 or sequential")
+        if cfg.load_in_8bit or cfg.load_in_4bit:
+            raise ConfigError("--device-map with --load-in-8bit/4bit: quantized bases are placed on --device; "
+                              "drop --device-map")
 
 
 #: algorithm options that do not change the trajectory, so a resume may change them

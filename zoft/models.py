@@ -168,11 +168,12 @@ def quantization_config(kind: str, compute_dtype: torch.dtype):
 
 
 def load_model(model: str | None, dtype: str = "auto", device: str = "auto", quantize: str | None = None,
-               trust_remote_code: bool = False):
+               trust_remote_code: bool = False, device_map: str | None = None):
     """Load (model, tokenizer, path) ready for ZO: eval mode (no dropout, §1.1), on `device`, in `dtype`;
     with `quantize` ("8bit" / "4bit") the frozen weights are bitsandbytes-quantized, placed by `device_map`
     (a quantized model must never be moved with `.to()`). Code shipped with a model (`auto_map`) runs only with
-    `trust_remote_code`."""
+    `trust_remote_code`. `device_map` ("auto", "balanced", ...) shards the layers over the visible GPUs with
+    accelerate; the perturbation engine then works on each parameter on its own device."""
     from transformers import AutoModelForCausalLM
 
     quiet_transformers()
@@ -183,6 +184,8 @@ def load_model(model: str | None, dtype: str = "auto", device: str = "auto", qua
     kwargs = {"dtype": torch_dtype, "trust_remote_code": trust_remote_code}
     if quantize:
         kwargs.update(quantization_config=quantization_config(quantize, torch_dtype), device_map={"": dev})
+    elif device_map:
+        kwargs["device_map"] = device_map
     try:
         tokenizer = load_tokenizer(path, trust_remote_code)
         lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
@@ -194,7 +197,7 @@ def load_model(model: str | None, dtype: str = "auto", device: str = "auto", qua
             raise ConfigError(f"--model {model}: this model runs its own Python code (auto_map in its config); "
                               "read that code, then pass --trust-remote-code to allow it") from exc
         raise
-    if not quantize:
+    if not quantize and not device_map:
         lm.to(dev)
     lm.eval()
     lm.config.use_cache = False

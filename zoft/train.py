@@ -126,7 +126,7 @@ def build_model(cfg: TrainConfig, model_path: str):
 
     quantize = "8bit" if cfg.load_in_8bit else "4bit" if cfg.load_in_4bit else None
     model, tokenizer, model_path = load_model(model_path, cfg.dtype, cfg.device, quantize=quantize,
-                                              trust_remote_code=cfg.trust_remote_code)
+                                              trust_remote_code=cfg.trust_remote_code, device_map=cfg.device_map)
     if cfg.mode != "full":
         from zoft.modes import attach
 
