@@ -11,7 +11,7 @@ from typing import Any
 
 from zoft.tasks.base import Example, Task, TaskDataError
 
-_HUB_SPLITS = {"train": "train", "eval": "validation"}
+HUB_SPLITS = {"train": "train", "eval": "validation"}
 
 
 def field(record: dict, names: tuple[str, ...], task: str) -> Any:
@@ -74,7 +74,7 @@ SST2 = Task(
     name="sst2",
     description="SST-2 (GLUE) sentiment: '<sentence> It was' -> terrible/great",
     hub=("nyu-mll/glue", "sst2"),
-    hub_splits=_HUB_SPLITS,
+    hub_splits=HUB_SPLITS,
     files={"train": ("train.tsv", "train_full.tsv"), "eval": ("dev.tsv",)},
     to_example=sst2_example,
     builtin_dir="data/sst2",
@@ -84,7 +84,7 @@ RTE = Task(
     name="rte",
     description="RTE (SuperGLUE) entailment: premise + 'Does this mean that ...?' -> Yes/No",
     hub=("aps/super_glue", "rte"),
-    hub_splits=_HUB_SPLITS,
+    hub_splits=HUB_SPLITS,
     files={"train": ("train.jsonl",), "eval": ("val.jsonl", "dev.jsonl")},
     to_example=rte_example,
 )
@@ -93,7 +93,7 @@ BOOLQ = Task(
     name="boolq",
     description="BoolQ yes/no questions: '<passage> <question>?' -> No/Yes",
     hub=("google/boolq", None),
-    hub_splits=_HUB_SPLITS,
+    hub_splits=HUB_SPLITS,
     files={"train": ("train.jsonl", "boolq_train.jsonl"), "eval": ("val.jsonl", "dev.jsonl")},
     to_example=boolq_example,
 )

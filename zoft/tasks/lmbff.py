@@ -17,7 +17,7 @@ left as for every task.
 from __future__ import annotations
 
 from zoft.tasks.base import Example, Task, TaskDataError
-from zoft.tasks.glue import field, label_index
+from zoft.tasks.glue import HUB_SPLITS, field, label_index
 
 
 def _unquote(text: str) -> str:
@@ -111,7 +111,7 @@ SST5 = Task(name="sst5", description="SST-5 5-way sentiment: '<sentence> It was'
             hub=("SetFit/sst5", None), hub_splits={"train": "train", "eval": "test"},
             files={"train": ("train.jsonl", "train.tsv"), "eval": ("test.jsonl", "test.tsv")}, to_example=sst5_example)
 SNLI = Task(name="snli", description="SNLI entailment: '<s1>?' -> ' No/Yes/Maybe, <s2>' (LM-BFF template)",
-            hub=("stanfordnlp/snli", None), hub_splits={"train": "train", "eval": "validation"},
+            hub=("stanfordnlp/snli", None), hub_splits=HUB_SPLITS,
             files=_NLI_FILES, to_example=snli_example, flatten=nli_flatten, missing=_nli_missing("SNLI"))
 MNLI = Task(name="mnli", description="MNLI (matched) entailment: '<s1>?' -> ' No/Yes/Maybe, <s2>' (LM-BFF template)",
             hub=("nyu-mll/glue", "mnli"), hub_splits={"train": "train", "eval": "validation_matched"},

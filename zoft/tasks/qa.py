@@ -7,7 +7,7 @@ tokens, cut at the first newline or EOS, scored by token F1 (and exact match) ag
 from __future__ import annotations
 
 from zoft.tasks.base import GenExample, Task, TaskDataError
-from zoft.tasks.glue import field
+from zoft.tasks.glue import HUB_SPLITS, field
 
 
 def squad_flatten(records: list[dict]) -> list[dict]:
@@ -88,20 +88,19 @@ def drop_example(record: dict) -> GenExample:
                       answers=answers)
 
 
-_HUB_SPLITS = {"train": "train", "eval": "validation"}
 _MISSING_SQUAD_TRAIN = ("SQuAD v1.1 train is not mirrored offline in its original format; shared/data/squad has "
                         "train_subset_4330.json (4,330 train questions), which zoft reads as the train split")
 _MISSING_DROP = ("DROP is not mirrored offline (shared/data/MISSING.md): put drop_dataset_train.json and "
                  "drop_dataset_dev.json there, or drop --data-dir to load ucinlp/drop from the Hub")
 
 SQUAD = Task(name="squad", description="SQuAD v1.1 extractive QA, generated greedily (token F1 / exact match)",
-             hub=("rajpurkar/squad", None), hub_splits=_HUB_SPLITS,
+             hub=("rajpurkar/squad", None), hub_splits=HUB_SPLITS,
              files={"train": ("train-v1.1.json", "train-v1.1.json.zip", "train_subset_4330.json", "train.json"),
                     "eval": ("dev-v1.1.json", "dev-v1.1.json.zip", "dev.json")},
              to_example=squad_example, metric="f1", objective="generation", flatten=squad_flatten,
              missing={"train": _MISSING_SQUAD_TRAIN})
 DROP = Task(name="drop", description="DROP discrete reasoning over paragraphs, generated greedily (token F1)",
-            hub=("ucinlp/drop", None), hub_splits=_HUB_SPLITS,
+            hub=("ucinlp/drop", None), hub_splits=HUB_SPLITS,
             files={"train": ("drop_dataset_train.json", "train.json"), "eval": ("drop_dataset_dev.json", "dev.json")},
             to_example=drop_example, metric="f1", objective="generation", flatten=drop_flatten,
             missing={"train": _MISSING_DROP, "eval": _MISSING_DROP})

@@ -8,7 +8,7 @@ layouts (MultiRC's paragraph → questions → answers, ReCoRD's passage → que
 from __future__ import annotations
 
 from zoft.tasks.base import Example, Task, TaskDataError
-from zoft.tasks.glue import _HUB_SPLITS, field, label_index
+from zoft.tasks.glue import HUB_SPLITS, field, label_index
 
 
 def cb_example(record: dict) -> Example:
@@ -126,24 +126,24 @@ _MISSING_RECORD = ("ReCoRD is not mirrored offline (shared/data/MISSING.md): put
                    "val.jsonl there, or drop --data-dir to load super_glue/record from the Hub")
 
 CB = Task(name="cb", description="CB (SuperGLUE) 3-way entailment: 'Suppose ... Can we infer that ...?' -> Yes/No/Maybe",
-          hub=("aps/super_glue", "cb"), hub_splits=_HUB_SPLITS,
+          hub=("aps/super_glue", "cb"), hub_splits=HUB_SPLITS,
           files={"train": ("train.jsonl",), "eval": ("val.jsonl", "dev.jsonl")}, to_example=cb_example, num_dev=100)
 WSC = Task(name="wsc", description="WSC (SuperGLUE, wsc.fixed) coreference: 'does the pronoun ... refer to ...?' -> No/Yes",
-           hub=("aps/super_glue", "wsc.fixed"), hub_splits=_HUB_SPLITS,
+           hub=("aps/super_glue", "wsc.fixed"), hub_splits=HUB_SPLITS,
            files={"train": ("train.jsonl", "wsc_train.jsonl"), "eval": ("val.jsonl", "dev.jsonl")},
            to_example=wsc_example)
 WIC = Task(name="wic", description="WiC (SuperGLUE) word sense: 'Does the word ... have the same meaning ...?' -> No/Yes",
-           hub=("aps/super_glue", "wic"), hub_splits=_HUB_SPLITS,
+           hub=("aps/super_glue", "wic"), hub_splits=HUB_SPLITS,
            files={"train": ("train.jsonl",), "eval": ("val.jsonl", "dev.jsonl")}, to_example=wic_example)
 MULTIRC = Task(name="multirc", description="MultiRC (SuperGLUE) per answer: 'I found this answer ... Is that correct?' -> No/Yes",
-               hub=("aps/super_glue", "multirc"), hub_splits=_HUB_SPLITS,
+               hub=("aps/super_glue", "multirc"), hub_splits=HUB_SPLITS,
                files={"train": ("train.jsonl",), "eval": ("val.jsonl", "dev.jsonl")}, to_example=multirc_example,
                flatten=multirc_flatten)
 COPA = Task(name="copa", description="COPA (SuperGLUE) causal choice: '<premise> so/because' -> choice1/choice2 (LM loss)",
-            hub=("aps/super_glue", "copa"), hub_splits=_HUB_SPLITS,
+            hub=("aps/super_glue", "copa"), hub_splits=HUB_SPLITS,
             files={"train": ("train.jsonl",), "eval": ("val.jsonl", "dev.jsonl")}, to_example=copa_example,
             num_dev=100, objective="lm")
 RECORD = Task(name="record", description="ReCoRD (SuperGLUE) cloze over passage entities (LM loss; gold = any answer)",
-              hub=("aps/super_glue", "record"), hub_splits=_HUB_SPLITS,
+              hub=("aps/super_glue", "record"), hub_splits=HUB_SPLITS,
               files={"train": ("train.jsonl",), "eval": ("val.jsonl", "dev.jsonl")}, to_example=record_example,
               objective="lm", flatten=record_flatten, missing={"train": _MISSING_RECORD, "eval": _MISSING_RECORD})
