@@ -36,15 +36,14 @@ def build(folder: Path) -> Path:
 
 
 def run(model: Path, out: Path, nproc: int, steps: int) -> dict:
-    args = ["train", "--model", str(model), "--data-dir", "builtin", "--num-train", "256", "--num-dev", "16",
+    args = ["--model", str(model), "--data-dir", "builtin", "--num-train", "256", "--num-dev", "16",
             "--num-eval", "16", "--batch-size", "16", "--steps", str(steps), "--eval-every", "0", "--save-every",
-            "0", "--lr", "1e-4", "--eps", "1e-3", "--device", "cpu", "--output-dir", str(out), "-q"]
+            "0", "--lr", "1e-4", "--eps", "1e-3", "--device", "cpu", "--output-dir", str(out)]
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_DATASETS_OFFLINE": "1",
            "OMP_NUM_THREADS": str(max(1, (os.cpu_count() or 1) // nproc))}
-    cmd = [sys.executable, "-m", "zoft", args[0]] if nproc == 1 else \
-        [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "zoft",
-         args[0]]
-    subprocess.run([*cmd, *args[1:]], cwd=ROOT, env=env, check=True, capture_output=True)
+    launcher = [] if nproc == 1 else ["-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    subprocess.run([sys.executable, *launcher, "-m", "zoft", "-q", "train", *args], cwd=ROOT, env=env, check=True,
+                   capture_output=True)
     metrics = [json.loads(x) for x in (out / "metrics.jsonl").read_text().splitlines()]
     train = [r for r in metrics if r.get("event") == "train"]
     return {"steps_per_s": train[-1]["steps_per_s"], "comm_bytes_per_step": metrics[0]["comm_bytes_per_step"],
