@@ -489,6 +489,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     if world.active:
         identical = distributed.digests_agree(distributed.parameter_digest(p for _, p in named))
         if not world.main:
+            # wait for rank 0 to finish its final save and eval: tearing the group down under it aborts gloo
+            distributed.barrier()
             distributed.shutdown()
             return {"rank": world.rank, "ranks_identical": identical}
     save(out / "final")
@@ -499,13 +501,15 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     summary["peak_memory_bytes"] = peak_memory(device)
     if world.active:
         summary.update(world_size=world.size, ranks_identical=identical)
-        distributed.shutdown()
     if cfg.merge:
         _write_merged(model, tokenizer, out / "final")
     metrics.write({"event": "end", "step": cfg.steps, **summary["eval"],
                    "peak_memory_bytes": summary["peak_memory_bytes"]})
     plot_metrics(metrics.records, out / "loss.png")
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    if world.active:
+        distributed.barrier()
+        distributed.shutdown()
     return summary
 
 
