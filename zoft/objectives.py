@@ -13,7 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from zoft.scoring import Encoded, accuracy_objective, classification_loss, collate, lm_loss
+from zoft.scoring import Encoded, accuracy_parts, classification_loss_parts, collate, lm_loss_parts
 
 OBJECTIVES = ("ce", "accuracy", "f1")
 
@@ -47,41 +47,22 @@ class Objective:
             return [collate([e.gold_only() for e in chunk], self.pad_id, self.device) for chunk in chunks]
         return [collate(list(chunk), self.pad_id, self.device) for chunk in chunks]
 
-    def loss(self, model, batches: list):
+    def loss_parts(self, model, batches: list):
+        """(sum, count) whose ratio is the loss: examples for CE and the metrics, tokens for the LM loss. Data-
+        parallel ranks all-reduce the two so that every rank gets the loss of the whole global batch. The sum
+        stays a tensor where it is one, so first-order methods can backpropagate through it."""
         if self.objective == "f1":
             from zoft.generate import generation_metrics
 
             f1s = [f for chunk in batches
                    for f in generation_metrics(model, self.tokenizer, chunk, self.pad_id, self.device)[1]]
-            return -sum(f1s) / len(f1s)
+            return -sum(f1s), len(f1s)
         if self.objective == "accuracy":
-            return accuracy_objective(model, batches)
+            return accuracy_parts(model, batches)
         if self.task_objective in ("lm", "generation"):
-            return lm_loss(model, batches)
-        return classification_loss(model, batches)
+            return lm_loss_parts(model, batches)
+        return classification_loss_parts(model, batches)
 
-    def loss_parts(self, model, batches: list) -> tuple[float, float]:
-        """(sum, count) whose ratio is `loss`: what data-parallel ranks all-reduce so that every rank gets the
-        loss of the whole global batch (examples for CE and the metrics, tokens for the LM loss)."""
-        import torch.nn.functional as F
-
-        from zoft.scoring import candidate_scores, gold_token_nll
-
-        if self.objective == "f1":
-            from zoft.generate import generation_metrics
-
-            f1s = [f for chunk in batches
-                   for f in generation_metrics(model, self.tokenizer, chunk, self.pad_id, self.device)[1]]
-            return -float(sum(f1s)), float(len(f1s))
-        total, count = 0.0, 0.0
-        for b in batches:
-            if self.objective == "accuracy":
-                total -= float((candidate_scores(model, b).argmax(1) == b.labels).sum())
-                count += len(b.labels)
-            elif self.task_objective in ("lm", "generation"):
-                nll, n = gold_token_nll(model, b)
-                total, count = total + float(nll), count + n
-            else:
-                total += float(F.cross_entropy(candidate_scores(model, b), b.labels, reduction="sum"))
-                count += len(b.labels)
-        return total, count
+    def loss(self, model, batches: list):
+        total, count = self.loss_parts(model, batches)
+        return total / max(count, 1)

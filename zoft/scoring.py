@@ -203,14 +203,20 @@ def gold_token_nll(model, batch: Batch) -> tuple[torch.Tensor, int]:
     return -(logp * batch.target_mask).sum(), int(batch.target_mask.sum())
 
 
-def lm_loss(model, batches: Sequence[Batch]) -> torch.Tensor:
-    """Token-level cross-entropy on the gold continuation (COPA, ReCoRD, SQuAD, DROP; ALGORITHMS.md §8.3),
-    token-weighted over micro-batches so accumulation equals one big batch."""
+def lm_loss_parts(model, batches: Sequence[Batch]) -> tuple[torch.Tensor, int]:
+    """(summed token NLL, token count) of the gold continuations over micro-batches."""
     total, count = None, 0
     for b in batches:
         nll, n = gold_token_nll(model, b)
         total = nll if total is None else total + nll
         count += n
+    return total, count
+
+
+def lm_loss(model, batches: Sequence[Batch]) -> torch.Tensor:
+    """Token-level cross-entropy on the gold continuation (COPA, ReCoRD, SQuAD, DROP; ALGORITHMS.md §8.3),
+    token-weighted over micro-batches so accumulation equals one big batch."""
+    total, count = lm_loss_parts(model, batches)
     return total / max(count, 1)
 
 
@@ -230,23 +236,29 @@ def candidate_scores(model, batch: Batch) -> torch.Tensor:
     return scores
 
 
-def classification_loss(model, batches: Sequence[Batch]) -> torch.Tensor:
-    """Cross-entropy over candidate scores, example-weighted over micro-batches (exact ZO accumulation, §1.8)."""
+def classification_loss_parts(model, batches: Sequence[Batch]) -> tuple[torch.Tensor, int]:
+    """(summed cross-entropy over candidate scores, example count) over micro-batches."""
     total, count = None, 0
     for b in batches:
         loss = F.cross_entropy(candidate_scores(model, b), b.labels, reduction="sum")
         total = loss if total is None else total + loss
         count += len(b.labels)
+    return total, count
+
+
+def classification_loss(model, batches: Sequence[Batch]) -> torch.Tensor:
+    """Cross-entropy over candidate scores, example-weighted over micro-batches (exact ZO accumulation, §1.8)."""
+    total, count = classification_loss_parts(model, batches)
     return total / count
 
 
-def accuracy_objective(model, batches: Sequence[Batch]) -> float:
-    """Minus the batch accuracy (argmax of the candidate scores): MeZO's non-differentiable objective."""
+def accuracy_parts(model, batches: Sequence[Batch]) -> tuple[int, int]:
+    """(minus the number of correct argmax predictions, example count): MeZO's non-differentiable objective."""
     correct, count = 0, 0
     for b in batches:
         correct += int((candidate_scores(model, b).argmax(1) == b.labels).sum())
         count += len(b.labels)
-    return -correct / count
+    return -correct, count
 
 
 @torch.inference_mode()
@@ -264,12 +276,13 @@ def evaluate(model, encoded: Sequence[Encoded], pad_id: int, batch_size: int = 1
     n = max(len(encoded), 1)
     # longest first: similar lengths share a batch, so little padding is computed
     order = sorted(range(len(encoded)), key=lambda i: -max(len(r) for r in encoded[i].rows))
-    chunks = [[encoded[i] for i in order[start:start + batch_size]] for start in range(0, len(order), batch_size)]
+    groups = [order[start:start + batch_size] for start in range(0, len(order), batch_size)]
+    chunks = [[encoded[i] for i in group] for group in groups]
     result: dict = {"num_examples": len(encoded)}
-    if objective in ("lm", "generation"):
+    if objective in ("lm", "generation"):  # one chunk at a time: the whole split never sits in one batch
         nll, tokens = 0.0, 0
         for chunk in chunks:
-            total, count = gold_token_nll(model, collate([e.gold_only() for e in chunk], pad_id, device))
+            total, count = lm_loss_parts(model, [collate([e.gold_only() for e in chunk], pad_id, device)])
             nll, tokens = nll + float(total), tokens + count
         result["loss"] = nll / max(tokens, 1)
     if objective == "generation":
@@ -279,10 +292,9 @@ def evaluate(model, encoded: Sequence[Encoded], pad_id: int, batch_size: int = 1
             raise ValueError("generation tasks need the tokenizer to decode")
         predictions: list[str | None] = [None] * len(encoded)
         f1_sum = em_sum = 0.0
-        for start in range(0, len(order), batch_size):
-            idx = order[start:start + batch_size]
-            preds, f1s, ems = generation_metrics(model, tokenizer, [encoded[i] for i in idx], pad_id, device)
-            for i, pred in zip(idx, preds):
+        for group, chunk in zip(groups, chunks):
+            preds, f1s, ems = generation_metrics(model, tokenizer, chunk, pad_id, device)
+            for i, pred in zip(group, preds):
                 predictions[i] = pred
             f1_sum, em_sum = f1_sum + sum(f1s), em_sum + sum(ems)
         result.update(f1=f1_sum / n, exact_match=em_sum / n, predictions=predictions)

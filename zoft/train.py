@@ -383,7 +383,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
             return lambda: objective.loss(model, batches)
 
         def global_loss():
-            total, count = distributed.all_reduce_sum(list(objective.loss_parts(model, batches)), step)
+            total, count = distributed.all_reduce_sum([float(v) for v in objective.loss_parts(model, batches)], step)
             return total / count
 
         return global_loss
