@@ -163,18 +163,18 @@ class ZOOptimizer(torch.optim.Optimizer):
         if not self.replayable:
             raise ValueError(f"{type(self).__name__} steps depend on gradients, which a trajectory does not hold")
         seed = step_seed(self.seed, self.t)
+        eps = self.param_groups[0]["eps"]
+        self.perturb(seed, eps)              # P1 and P2, as the step made them around its forwards
+        self.perturb(seed, -2.0 * eps)
         if record.get("skipped"):
-            eps = self.param_groups[0]["eps"]
-            self.perturb(seed, eps)          # the probes and the restore of a step that was not applied
-            self.perturb(seed, -2.0 * eps)
-            self.perturb(seed, eps)
+            self.perturb(seed, eps)          # the restore of a step that was not applied
         else:
-            self._replay(seed, record)
+            self._apply_record(seed, record)
         self.t += 1
         self.forwards += self.forwards_per_step
 
-    def _replay(self, seed: int, record: dict[str, Any]) -> None:
-        raise NotImplementedError  # the passes of `_zo_step`, with the recorded scalars instead of the forwards
+    def _apply_record(self, seed: int, record: dict[str, Any]) -> None:
+        raise NotImplementedError  # abstract: P3 of `_zo_step` with the recorded scalars instead of the forwards
 
     @torch.no_grad()
     def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
@@ -277,10 +277,7 @@ class TwoPointZO(ZOOptimizer):
     def _update(self, seed: int, g: float) -> None:
         raise NotImplementedError  # abstract: the fused restore + update pass P3
 
-    def _replay(self, seed: int, record: dict[str, Any]) -> None:
-        eps = self.eps
-        self.perturb(seed, eps)
-        self.perturb(seed, -2.0 * eps)
+    def _apply_record(self, seed: int, record: dict[str, Any]) -> None:
         with stochastic_rounding(seed, self.stochastic_rounding):
             self._update(seed, record["projected_grad"])
 
@@ -293,8 +290,7 @@ class TwoPointZO(ZOOptimizer):
         check_finite(self, (loss_plus, loss_minus), restore=lambda: self.perturb(seed, eps))
         g = (loss_plus - loss_minus) / (2.0 * eps)       # Python float: fp64 arithmetic on the two fp32 losses
         check_finite(self, (g,), restore=lambda: self.perturb(seed, eps), what="projected gradient")
-        with stochastic_rounding(seed, self.stochastic_rounding):
-            self._update(seed, g)                        # P3
+        self._apply_record(seed, {"projected_grad": g})  # P3 (the same call replays it)
         self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus}
         return 0.5 * (loss_plus + loss_minus)
 

@@ -166,10 +166,7 @@ class HiZOO(ZOOptimizer):
                      "curvature": c, "hessian_smooth": alpha}
         return loss0
 
-    def _replay(self, seed: int, record: dict) -> None:
-        eps = self.param_groups[0]["eps"]
-        self.perturb(seed, eps)
-        self.perturb(seed, -2.0 * eps)
+    def _apply_record(self, seed: int, record: dict) -> None:
         self._apply(seed, record["projected_grad"], record["curvature"])
 
     def _apply(self, seed: int, g: float, c: float) -> float:
