@@ -207,10 +207,6 @@ def validate(cfg: TrainConfig) -> None:
                           "keep one")
     if cfg.prompt_field is not None and cfg.target_field is None:
         raise ConfigError("--prompt-field needs --target-field (the column the model learns to generate)")
-    from zoft.objectives import OBJECTIVES
-
-    if cfg.objective not in OBJECTIVES:
-        raise ConfigError(f"--objective {cfg.objective}: choose {', '.join(OBJECTIVES)}")
     if getattr(ALGORITHMS[cfg.algo], "first_order", False):
         if cfg.objective != "ce":
             raise ConfigError(f"--algo {cfg.algo} backpropagates, and --objective {cfg.objective} has no gradient; "
@@ -218,12 +214,14 @@ def validate(cfg: TrainConfig) -> None:
         if cfg.exact_bf16 or cfg.stochastic_rounding or cfg.noise != "table":
             raise ConfigError(f"--exact-bf16/--stochastic-rounding/--noise shape ZO perturbation passes; --algo "
                               f"{cfg.algo} has none: drop them")
-    if cfg.task in TASKS:
-        from zoft.objectives import check
+    from zoft.objectives import check
 
-        problem = check(cfg.objective, TASKS[cfg.task].objective, cfg.task)
-        if problem:
-            raise ConfigError(problem)
+    # a custom task is a generation task exactly when it names a target column
+    kind = TASKS[cfg.task].objective if cfg.task in TASKS else \
+        "generation" if cfg.target_field is not None else "classification"
+    problem = check(cfg.objective, kind, cfg.task)
+    if problem:
+        raise ConfigError(problem)
     algo_keys = ALGORITHMS[cfg.algo].config_keys
     defaults = TrainConfig()
     for key in algorithm_options():

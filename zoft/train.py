@@ -71,10 +71,6 @@ class Diverged(Exception):
     code = 3
 
 
-def next_resume_point(out: Path) -> Path | None:
-    return latest_checkpoint(out)
-
-
 def _divergence_message(cfg: TrainConfig, count: int, step: int, what: str, checkpoint: Path | None) -> str:
     if cfg.dtype == "float16":
         cause = ("float16 overflow (MeZO and ZO-Bench users report fp16 Llama runs whose loss goes to 0 or NaN)",
@@ -109,14 +105,6 @@ def build_task(cfg: TrainConfig):
         return custom_task(cfg.data_file, text_field=cfg.text_field, label_field=cfg.label_field,
                            verbalizer=cfg.verbalizer, template=cfg.template, eval_file=cfg.eval_file)
     return get_task(cfg.task)
-
-
-def check_objective(cfg: TrainConfig, task) -> None:
-    from zoft.objectives import check
-
-    problem = check(cfg.objective, task.objective, task.name)
-    if problem:
-        raise ConfigError(problem)
 
 
 def build_model(cfg: TrainConfig, model_path: str):
@@ -194,8 +182,8 @@ def prepare_output_dir(cfg: TrainConfig) -> Path | None:
 
 
 # What a key meant in runs saved before it existed (zoft 0.1 drew z with torch.randn only).
-_LEGACY = {"objective": "ce", "per_label": False, "prompt_field": None, "target_field": None, "noise": "randn", "stochastic_rounding": False, "exact_bf16": False, "mode": "full", "lora_r": 8,
-           "lora_alpha": 16.0, "lora_targets": "q_proj,v_proj", "virtual_tokens": None, "prefix_init": "activations",
+_LEGACY = {"objective": "ce", "per_label": False, "prompt_field": None, "target_field": None, "noise": "randn",
+           "stochastic_rounding": False, "exact_bf16": False, "mode": "full", "lora_r": 8, "lora_alpha": 16.0, "lora_targets": "q_proj,v_proj", "virtual_tokens": None, "prefix_init": "activations",
            "load_in_8bit": False, "load_in_4bit": False}
 
 
@@ -291,7 +279,6 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         reporter = Reporter(quiet=True)
     out = Path(cfg.output_dir)
     task = build_task(cfg)  # custom tasks validate their files here, before any model loads
-    check_objective(cfg, task)
     # rank 0 checks the run dir (and cleans up after a crash) before the others look for a checkpoint in it
     resume_from = prepare_output_dir(cfg) if world.main else None
     if world.active:
@@ -437,7 +424,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
                 log.warning("step %d skipped: %s", step + 1, str(exc).split(";")[0])
                 if bad_steps >= cfg.max_bad_steps:
                     raise Diverged(_divergence_message(cfg, bad_steps, step + 1, str(exc).split(";")[0],
-                                                       next_resume_point(out))) from None
+                                                       latest_checkpoint(out))) from None
                 loss = None
                 if trajectory is not None:
                     trajectory.write({"t": step + 1, "skipped": True})
@@ -450,7 +437,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
             zero_losses = zero_losses + 1 if loss == 0.0 and objective.differentiable else 0
             if zero_losses >= 20:
                 raise Diverged(_divergence_message(cfg, 20, step + 1, "the loss has been exactly 0.0 for 20 steps",
-                                                   next_resume_point(out)))
+                                                   latest_checkpoint(out)))
             if loss is not None:
                 window.append(loss)
             now = time.perf_counter()
