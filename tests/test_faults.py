@@ -109,17 +109,22 @@ def test_ten_seeded_random_kills_per_algorithm(algo, tiny_model_dirs, tmp_path, 
     assert len(lost) >= 8
 
 
-def test_sigterm_saves_and_exits_143_with_a_resume_hint(tiny_model_dirs, tmp_path):
-    out = tmp_path / "run"
-    args = _args(tiny_model_dirs["llama"], out, "mezo")
+def _long_run(model_dir: Path, out: Path, ready) -> tuple[subprocess.Popen, list[str]]:
+    """A 400-step MeZO run in a child process, returned once `ready(out)` holds (or after 120 s)."""
+    args = _args(model_dir, out, "mezo")
     args[args.index("--steps") + 1] = "400"
     proc = subprocess.Popen([sys.executable, "-m", "zoft", *args], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while time.time() < deadline and not (out / "metrics.jsonl").is_file():
-        time.sleep(0.2)
-    while time.time() < deadline and '"train"' not in (out / "metrics.jsonl").read_text():
-        time.sleep(0.2)
+    while time.time() < deadline and not ready(out):
+        time.sleep(0.1)
+    return proc, args
+
+
+def test_sigterm_saves_and_exits_143_with_a_resume_hint(tiny_model_dirs, tmp_path):
+    out = tmp_path / "run"
+    proc, _ = _long_run(tiny_model_dirs["llama"], out, lambda o: (o / "metrics.jsonl").is_file()
+                        and '"train"' in (o / "metrics.jsonl").read_text())
     proc.send_signal(signal.SIGTERM)
     _, stderr = proc.communicate(timeout=120)
     assert proc.returncode == 143, stderr[-2000:]
@@ -134,13 +139,7 @@ def test_a_second_sigint_exits_at_once_and_leaves_only_complete_checkpoints(tiny
     from zoft.checkpoint import is_complete
 
     out = tmp_path / "run"
-    args = _args(tiny_model_dirs["llama"], out, "mezo")
-    args[args.index("--steps") + 1] = "400"
-    proc = subprocess.Popen([sys.executable, "-m", "zoft", *args], cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(out.glob("checkpoint-*")):
-        time.sleep(0.1)
+    proc, args = _long_run(tiny_model_dirs["llama"], out, lambda o: bool(list(o.glob("checkpoint-*"))))
     proc.send_signal(signal.SIGINT)
     proc.send_signal(signal.SIGINT)
     _, stderr = proc.communicate(timeout=120)
