@@ -232,10 +232,10 @@ class _Discard:
 
 
 class _Metrics:
-    """Appends JSON lines to metrics.jsonl (or trajectory.jsonl) and keeps them for the plot."""
+    """Appends JSON lines to metrics.jsonl (or trajectory.jsonl); with `keep`, also holds them for the plot."""
 
-    def __init__(self, path: Path, keep_until_step: int | None, step_key: str = "step"):
-        self.path = path
+    def __init__(self, path: Path, keep_until_step: int | None, step_key: str = "step", keep: bool = True):
+        self.path, self.keep = path, keep
         self.records: list[dict[str, Any]] = []
         if keep_until_step is not None and path.is_file():  # resume: drop what the lost steps logged
             for line in path.read_text().splitlines():
@@ -246,9 +246,12 @@ class _Metrics:
                 if rec.get(step_key, 0) <= keep_until_step and rec.get("event") != "end":
                     self.records.append(rec)
         path.write_text("".join(json.dumps(r) + "\n" for r in self.records))
+        if not keep:
+            self.records = []
 
     def write(self, record: dict[str, Any]) -> None:
-        self.records.append(record)
+        if self.keep:
+            self.records.append(record)
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
@@ -348,7 +351,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     kept = state["step"] if resume_from is not None else None
     metrics = _Metrics(out / "metrics.jsonl", kept) if world.main else _Discard()
     # the seed-trajectory: with the base model and config.yaml it rebuilds the weights at any step (zoft replay)
-    trajectory = _Metrics(out / TRAJECTORY_FILE, kept, "t") if opt.replayable and world.main else None
+    trajectory = _Metrics(out / TRAJECTORY_FILE, kept, "t", keep=False) if opt.replayable and world.main else None
     if resume_from is None:
         metrics.write({"event": "start", "step": 0, "zoft": __version__, "model_path": model_path,
                        "algo": cfg.algo, "trainable_params": n_trainable, "state_bytes": opt.state_bytes(),
