@@ -104,6 +104,7 @@ class TrainConfig:
     dtype: str = "auto"                 # auto → float32 on CPU, bfloat16 on CUDA
     device: str = "auto"
     device_map: str | None = None       # shard layers over the GPUs with accelerate: auto, balanced, sequential
+    offload: str | None = None          # cpu: blocks live in CPU memory and stream to the GPU (ZO2); MeZO
 
     def flag(self, name: str) -> str:
         return "--" + name.replace("_", "-")
@@ -259,6 +260,11 @@ def validate(cfg: TrainConfig) -> None:
         raise ConfigError(f"--micro-batch-size {cfg.micro_batch_size} exceeds --batch-size {cfg.batch_size}")
     if cfg.overwrite and cfg.resume:
         raise ConfigError("--overwrite and --resume contradict each other; pick one")
+    from zoft.offload import check_config
+
+    problem = check_config(cfg)
+    if problem:
+        raise ConfigError(problem)
     if cfg.device_map is not None:
         if cfg.device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
             raise ConfigError(f"--device-map {cfg.device_map}: choose auto, balanced, balanced_low_0 or sequential")

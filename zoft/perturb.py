@@ -510,9 +510,23 @@ class PerturbationEngine:
             return
         if hessians is not None:
             raise ValueError("an H-scaled pass runs only in the fused philox kernel; check fused_all() first")
-        for i, p in enumerate(self.params):
-            scale_(p, decays[i])
-            self.axpy_(i, seed, coefs[i], probe)
+        for i in range(len(self.params)):
+            self.axpy_one_(i, seed, coefs[i], decays[i], probe)
+
+    @torch.no_grad()
+    def axpy_one_(self, index: int, seed: int, coef: float, decay: float = 1.0, probe: int = 0) -> None:
+        """θ_i ← decay·θ_i + coef·z_i for one tensor, the same arithmetic as its share of `axpy_all_` (what a
+        pass over every tensor does to this one), so that a caller visiting the tensors one at a time (CPU
+        offload, `zoft.offload`) gets the same bits."""
+        p = self.params[index]
+        if self._fused_kernel(p):
+            from zoft import kernels
+
+            kernels.launch([p], [tensor_seed(seed, index, probe)], [coef], [decay])
+            self.regenerations += 1
+            return
+        scale_(p, decay)
+        self.axpy_(index, seed, coef, probe)
 
     def fused_all(self) -> bool:
         """Whether a pass over every tensor is one philox kernel launch per (device, dtype) group."""

@@ -113,7 +113,13 @@ def build_model(cfg: TrainConfig, model_path: str):
     from zoft.models import load_model
 
     quantize = "8bit" if cfg.load_in_8bit else "4bit" if cfg.load_in_4bit else None
-    model, tokenizer, model_path = load_model(model_path, cfg.dtype, cfg.device, quantize=quantize,
+    dtype, device = cfg.dtype, cfg.device
+    if cfg.offload:  # loaded into CPU memory in the GPU's dtype; the Offloader moves what is not a block
+        from zoft.models import resolve_device, resolve_dtype
+
+        dtype = str(resolve_dtype(cfg.dtype, resolve_device(cfg.device))).removeprefix("torch.")
+        device = "cpu"
+    model, tokenizer, model_path = load_model(model_path, dtype, device, quantize=quantize,
                                               trust_remote_code=cfg.trust_remote_code, device_map=cfg.device_map)
     if cfg.mode != "full":
         from zoft.modes import attach
@@ -134,6 +140,8 @@ def build_optimizer(cfg: TrainConfig, named):
     opt = algo_cls(named, lr=cfg.lr, eps=cfg.eps, weight_decay=cfg.weight_decay, seed=cfg.seed, noise=cfg.noise,
                    **{k: getattr(cfg, k) for k in algo_cls.config_keys})
     opt.stochastic_rounding = cfg.stochastic_rounding
+    # an offloaded run rounds tensor by tensor (the order it visits them in is the blocks'); so does its replay
+    opt.tensorwise = cfg.offload is not None
     if cfg.exact_bf16:
         opt.keep_residuals()
     return opt
@@ -277,6 +285,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
             cfg.device = f"cuda:{world.local_rank}"
             torch.cuda.set_device(world.local_rank)
         distributed.check_same(cfg.seed, "run seed")
+        if cfg.offload:
+            raise ConfigError("--offload cpu runs in one process: drop --nproc (or torchrun) or --offload")
     reporter = reporter or Reporter()
     if not world.main:
         reporter = Reporter(quiet=True)
@@ -289,6 +299,13 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         if not world.main and cfg.resume:
             resume_from = latest_checkpoint(out)
     device = resolve_device(cfg.device)  # fail on --device cuda without a GPU before reading any data
+    if cfg.offload:
+        from zoft import offload
+
+        try:
+            offload.require_cuda(device)
+        except ValueError as exc:
+            raise ConfigError(str(exc)) from None
     if cfg.exact_bf16 and resolve_dtype(cfg.dtype, device) != torch.bfloat16:
         raise ConfigError(f"--exact-bf16 applies to bfloat16 weights, and --dtype {cfg.dtype} means "
                           f"{str(resolve_dtype(cfg.dtype, device)).removeprefix('torch.')} on {device.type}; "
@@ -312,7 +329,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     reporter.info(f"data: {splits.source}: {len(splits.train)} train / {len(splits.dev)} dev / "
                   f"{len(splits.eval)} eval")
     model, tokenizer, model_path = build_model(cfg, model_path)
-    device = next(model.parameters()).device
+    device = device if cfg.offload else next(model.parameters()).device
     pad = pad_id(tokenizer)
     max_length = fit_length(model, cfg.max_length, cfg.virtual_tokens or 0)
     train_enc = encode_examples(tokenizer, splits.train, max_length)
@@ -348,6 +365,16 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         if "best_dev_accuracy" in state:  # runs saved before generation tasks had one metric key
             state["best_dev_metric"] = state.pop("best_dev_accuracy")
         reporter.info(f"resumed from {resume_from} at step {state['step']}")
+    offloader = None
+    if cfg.offload:
+        from zoft.offload import Offloader
+
+        try:
+            offloader = Offloader(model, opt, device)
+        except ValueError as exc:
+            raise ConfigError(f"--offload cpu: {exc}") from None
+        reporter.info(f"offload: {len(offloader.blocks)} blocks of {offloader.block_bytes() / 2**20:,.0f} MiB in "
+                      f"CPU memory, {offloader.resident_bytes() / 2**20:,.0f} MiB resident on {device}")
     kept = state["step"] if resume_from is not None else None
     metrics = _Metrics(out / "metrics.jsonl", kept) if world.main else _Discard()
     # the seed-trajectory: with the base model and config.yaml it rebuilds the weights at any step (zoft replay)
@@ -359,7 +386,10 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
                        "dtype": str(next(model.parameters()).dtype), "device": str(device),
                        "data": splits.source, "world_size": world.size,
                        "comm_bytes_per_step": distributed.LOSS_REDUCE_BYTES * opt.forwards_per_step + 8
-                       if world.active else 0})
+                       if world.active else 0,
+                       **({"offload": cfg.offload, "offload_blocks": len(offloader.blocks),
+                           "offload_block_bytes": offloader.block_bytes(),
+                           "offload_resident_bytes": offloader.resident_bytes()} if offloader else {})})
     reporter.info(f"{cfg.algo} on {n_trainable:,} trainable params ({model_path}), "
                   f"{opt.forwards_per_step} forwards/step, optimizer state {_state_text(opt)}")
 
@@ -393,6 +423,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
         return result
 
     def save(path: Path) -> None:
+        if offloader is not None:
+            offloader.flush()  # the last step's update is still pending in the blocks' next visit
         if world.main:
             save_checkpoint(path, model, tokenizer, opt, state, config_yaml)
 
@@ -476,6 +508,8 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
                 save(path)
                 raise Interrupted(stop["code"], path)
 
+    if offloader is not None:
+        offloader.flush()
     if world.active:
         identical = distributed.digests_agree(distributed.parameter_digest(p for _, p in named))
         if not world.main:

@@ -24,7 +24,7 @@ from typing import Any
 
 import torch
 
-from zoft.perturb import PerturbationEngine, step_seed, stochastic_rounding
+from zoft.perturb import PerturbationEngine, mix, step_seed, stochastic_rounding
 
 Closure = Callable[[], "float | torch.Tensor"]
 
@@ -90,6 +90,10 @@ class ZOOptimizer(torch.optim.Optimizer):
     replay_keys: tuple[str, ...] = ("projected_grad",)
     #: whether `replay` can rebuild the weights from the trajectory alone (not for first-order methods)
     replayable: bool = True
+    #: whether a step can run tensor by tensor as `--offload cpu` streams the blocks (`zoft.offload`): the
+    #: update of each tensor depends only on the step's scalars and that tensor (`_update_tensor`), and the
+    #: algorithm keeps no per-weight state that would have to travel with the blocks
+    offloadable: bool = False
 
     def __init__(self, params: Iterable[Any], lr: float | None = None, eps: float | None = None,
                  weight_decay: float = 0.0, seed: int = 0, noise: str = "table", **defaults: Any):
@@ -117,6 +121,8 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.engine = PerturbationEngine(self._tensors, noise=noise)
         self.residuals: dict[int, torch.Tensor] = {}  # exact bf16: int16 low halves of the fp32 weights
         self.last: dict[str, float] = {}  # scalars of the last step (projected_grad, loss_plus, ...) for logging
+        self.offloader = None     # a `zoft.offload.Offloader` when the blocks live in CPU memory
+        self.tensorwise = False   # P3 tensor by tensor, rounding bits seeded per tensor (offloaded runs, replays)
 
     # -- helpers for subclasses ---------------------------------------------------------------------------
     def hyper(self, index: int) -> dict[str, Any]:
@@ -175,6 +181,15 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     def _apply_record(self, seed: int, record: dict[str, Any]) -> None:
         raise NotImplementedError  # abstract: P3 of `_zo_step` with the recorded scalars instead of the forwards
+
+    def _update_tensor(self, index: int, seed: int, g: float) -> None:
+        """P3 for tensor `index` alone, bitwise what `_update` does to it (offloadable algorithms only)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot update one tensor at a time")
+
+    @torch.no_grad()
+    def perturb_tensor(self, index: int, seed: int, scale: float) -> None:
+        """θ_i ← θ_i + scale·z_i for one tensor: its share of `perturb` (offloadable algorithms)."""
+        self.engine.axpy_(index, seed, scale)
 
     @torch.no_grad()
     def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
@@ -278,10 +293,39 @@ class TwoPointZO(ZOOptimizer):
         raise NotImplementedError  # abstract: the fused restore + update pass P3
 
     def _apply_record(self, seed: int, record: dict[str, Any]) -> None:
+        if self.tensorwise:
+            for i in range(len(self._tensors)):
+                self._tensor_update(i, seed, record["projected_grad"])
+            return
         with stochastic_rounding(seed, self.stochastic_rounding):
             self._update(seed, record["projected_grad"])
 
+    def _tensor_update(self, index: int, seed: int, g: float) -> None:
+        """P3 of one tensor as an offloaded step applies it: stochastic rounding (if on) draws its bits from a seed
+        of its own, so the result does not depend on the order the tensors are visited in."""
+        with stochastic_rounding(mix(seed, index), self.stochastic_rounding):
+            self._update_tensor(index, seed, g)
+
+    def _offloaded_step(self, closure: Closure, seed: int) -> float:
+        """The same step with the blocks streamed (`zoft.offload`): both probes in one visit of each block, P3
+        deferred to the next visit."""
+        eps, offloader = self.eps, self.offloader
+        loss_plus, loss_minus = offloader.probe_pair(closure, seed, eps)
+        self.forwards += 2
+
+        def restore() -> None:
+            offloader.defer(lambda i: self.perturb_tensor(i, seed, eps))
+
+        check_finite(self, (loss_plus, loss_minus), restore=restore)
+        g = (loss_plus - loss_minus) / (2.0 * eps)
+        check_finite(self, (g,), restore=restore, what="projected gradient")
+        offloader.defer(lambda i: self._tensor_update(i, seed, g))
+        self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus}
+        return 0.5 * (loss_plus + loss_minus)
+
     def _zo_step(self, closure: Closure, seed: int) -> float:
+        if self.offloader is not None:
+            return self._offloaded_step(closure, seed)
         eps = self.eps
         self.perturb(seed, eps)                          # P1: θ + εZ
         loss_plus = self.evaluate(closure)

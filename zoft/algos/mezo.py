@@ -43,10 +43,15 @@ class MeZO(TwoPointZO):
     paper = "Malladi et al. 2023, arXiv 2305.17333"
 
     dense_z = False  # every pass is a fused θ ← θ + α·z: no z buffer
+    offloadable = True
 
     def _update(self, seed: int, g: float) -> None:
         decays = [self.decay_factor(i) for i in range(len(self._tensors))]   # P3: θ ← c·θ + (c·ε − η·g)·z
         self.engine.axpy_all_(seed, [c * self.eps - self.hyper(i)["lr"] * g for i, c in enumerate(decays)], decays)
+
+    def _update_tensor(self, index: int, seed: int, g: float) -> None:
+        c = self.decay_factor(index)
+        self.engine.axpy_one_(index, seed, c * self.eps - self.hyper(index)["lr"] * g, c)
 
 
 class ZOSGDMomentum(TwoPointZO):
