@@ -3,7 +3,8 @@ measured figures (arXiv 2305.17333, Table 22: MeZO full fine-tuning in fp16 on M
 26 GB of GPU memory at 13B and 128 GB at 66B; first-order fine-tuning needed 4× and 6× as much).
 
 The models are built on the meta device from the configs in bench/model_configs (the published OPT shapes), so
-no weights are needed. Rows: MeZO, batch 16 × 1 row × 400 tokens (MultiRC-like), bf16 compute, CUDA.
+no weights are needed. Rows: MeZO, batch 16 × 1 row × 400 tokens (MultiRC-like), bf16 compute, CUDA. The
+offload column is the same run with `--offload cpu` (blocks in pinned host memory, streamed; zoft.offload).
 
 Usage: python bench/estimate_table.py [--seq-len 400] [--batch-size 16] [--json]
 """
@@ -38,19 +39,25 @@ def main() -> None:
                 r = estimate(MemoryRequest(model=str(CONFIGS / name), algo="mezo", mode=mode, dtype="bfloat16",
                                            device="cuda", batch_size=args.batch_size, seq_len=args.seq_len,
                                            quantize=quant))
+                off = estimate(MemoryRequest(model=str(CONFIGS / name), algo="mezo", mode=mode, dtype="bfloat16",
+                                             device="cuda", batch_size=args.batch_size, seq_len=args.seq_len,
+                                             offload="cpu")) if mode in ("full", "lora") and not quant else None
                 rows.append({"model": name, "mode": mode, "base": quant or "bf16",
                              "trainable": r["trainable_params"], "zo_gib": r["total"] / 2**30,
+                             "offload_gib": off["total"] / 2**30 if off else None,
+                             "offload_host_gib": off["host_bytes"] / 2**30 if off else None,
                              "first_order_gib": r["first_order_adamw"]["total"] / 2**30,
                              "paper_mezo_gb": PAPER_GB[name] if mode == "full" else None})
     if args.json:
         print(json.dumps(rows))
         return
-    print(f"{'model':8s} {'mode':7s} {'base':5s} {'trainable':>14s} {'MeZO GiB':>9s} {'FO AdamW GiB':>13s} "
-          f"{'MeZO paper GB':>14s}")
+    print(f"{'model':8s} {'mode':7s} {'base':5s} {'trainable':>14s} {'MeZO GiB':>9s} {'offload GPU/host':>17s} "
+          f"{'FO AdamW GiB':>13s} {'MeZO paper GB':>14s}")
     for r in rows:
         paper = f"{r['paper_mezo_gb']:>14d}" if r["paper_mezo_gb"] else f"{'':>14s}"
+        off = f"{r['offload_gib']:.1f} / {r['offload_host_gib']:.1f}" if r["offload_gib"] else ""
         print(f"{r['model']:8s} {r['mode']:7s} {r['base']:5s} {r['trainable']:>14,d} {r['zo_gib']:>9.1f} "
-              f"{r['first_order_gib']:>13.1f} {paper}")
+              f"{off:>17s} {r['first_order_gib']:>13.1f} {paper}")
 
 
 if __name__ == "__main__":

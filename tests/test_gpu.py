@@ -61,3 +61,40 @@ def test_a_model_sharded_over_two_gpus_trains_each_tensor_on_its_device(tiny_mod
                                       "--steps", "3", "--device-map", "balanced", "--dtype", "float32",
                                       "--output-dir", str(tmp_path / "run")])
     assert result.exit_code == 0, result.output
+
+
+
+def test_offload_on_cuda_matches_the_resident_run_and_holds_less():
+    """--offload cpu with real streams: the same losses and weights as the run kept on the GPU, less memory."""
+    import copy
+
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    from zoft.algos.base import trainable_parameters
+    from zoft.offload import Offloader
+
+    torch.manual_seed(0)
+    base = LlamaForCausalLM(LlamaConfig(vocab_size=512, hidden_size=256, intermediate_size=512, num_hidden_layers=8,
+                                        num_attention_heads=4, num_key_value_heads=4)).eval()
+    ids = torch.randint(3, 512, (4, 32), device="cuda")
+
+    def steps(model, opt):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        losses = [opt.step(lambda: model(input_ids=ids, labels=ids).loss) for _ in range(3)]
+        if opt.offloader is not None:
+            opt.offloader.flush()
+        return losses, torch.cuda.max_memory_allocated()
+
+    resident = copy.deepcopy(base).cuda()
+    la, peak_resident = steps(resident, MeZO(trainable_parameters(resident), lr=1e-3, eps=1e-2))
+    resident = resident.cpu()
+    torch.cuda.empty_cache()
+    b = MeZO(trainable_parameters(base), lr=1e-3, eps=1e-2)
+    off = Offloader(base, b, "cuda")
+    lb, peak_offloaded = steps(base, b)
+    assert all(abs(x - y) <= 1e-5 * abs(x) for x, y in zip(la, lb))
+    for (name, p), (_, q) in zip(resident.named_parameters(), base.named_parameters()):
+        assert torch.allclose(p, q.cpu(), atol=1e-6), name
+    assert not off._gpu and off.uploads == 3 * 8 + 8  # one upload per block per step, one per block to flush
+    assert peak_offloaded < peak_resident - 4 * off.block_bytes()  # 8 blocks resident against at most 3

@@ -108,6 +108,30 @@ def test_bad_inputs_exit_2(args, needle, tiny_model_dirs):
     assert result.exit_code == 2 and needle in result.output
 
 
+def test_offload_counts_three_blocks_on_the_gpu_and_the_rest_on_the_host(tiny_model_dirs, tmp_path):
+    # a config.json is all an estimate needs (bench/model_configs holds the OPT shapes without weights)
+    config_only = tmp_path / "opt-config"
+    config_only.mkdir()
+    (config_only / "config.json").write_text((tiny_model_dirs["opt"] / "config.json").read_text())
+    plain = estimate(MemoryRequest(model=str(config_only), dtype="float32"))
+    off = estimate(MemoryRequest(model=str(config_only), dtype="float32", offload="cpu"))
+    from conftest import build_model
+
+    model = build_model("opt", 400)
+    layers = model.model.decoder.layers
+    block = sum(p.numel() * 4 for p in layers[0].parameters())
+    assert off["host_bytes"] == len(layers) * block
+    # the tiny model has two blocks, so "three on the GPU" adds one block to the weights figure
+    assert off["components"]["weights"] == plain["components"]["weights"] + block
+    embed = model.get_input_embeddings().weight  # tied to the head: its + copy is a step temporary
+    assert off["components"]["step temporaries"] == plain["components"]["step temporaries"] + embed.numel() * 4
+    for args, needle in ((["--algo", "hizoo"], "offload supports --algo mezo"),
+                         (["--device", "cpu"], "estimate it with --device cuda"),
+                         (["--offload", "disk"], "--offload disk")):
+        result = runner.invoke(app, ["estimate-memory", str(config_only), "--offload", "cpu", *args])
+        assert result.exit_code == 2 and needle in result.output, result.output
+
+
 def test_missing_model_exit_2():
     result = runner.invoke(app, ["estimate-memory", "./no/such/model"])
     assert result.exit_code == 2 and "no/such/model" in result.output

@@ -587,6 +587,10 @@ def estimate_memory_cmd(
                                        "tensor).", rich_help_panel=Z)] = "table",
     exact_bf16: Annotated[bool, typer.Option("--exact-bf16", help="Count 16-bit residuals for bf16 weights "
                                              "(2 bytes per weight).", rich_help_panel=Z)] = False,
+    offload: Annotated[Optional[str], typer.Option(help="cpu: the run keeps its blocks in host memory (zoft train "
+                                                   "--offload cpu); GPU figures count the resident modules and "
+                                                   "three blocks, and the host memory is shown.",
+                                                   show_default=False, rich_help_panel=HW)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
 ) -> None:
     """Estimate the memory of a ZO run before launch, next to first-order AdamW fine-tuning.
@@ -605,7 +609,7 @@ def estimate_memory_cmd(
                         rows_per_example=rows_per_example, seq_len=seq_len, gpu_memory=gpu_memory, noise=noise,
                         exact_bf16=exact_bf16, lora_r=lora_r, virtual_tokens=virtual_tokens,
                         lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
-                        quantize="8bit" if load_in_8bit else "4bit" if load_in_4bit else None)
+                        quantize="8bit" if load_in_8bit else "4bit" if load_in_4bit else None, offload=offload)
     if load_in_8bit and load_in_4bit:
         _fail("--load-in-8bit and --load-in-4bit contradict each other; keep one")
     result = _guarded(estimate, req)
@@ -637,6 +641,9 @@ def estimate_memory_cmd(
                       gib(result["components"]["runtime"]))
     table.add_row("[bold]total[/]", f"[bold]{gib(result['total'])}[/]", f"[bold]{gib(fo['total'])}[/]")
     out.print(table)
+    if result["offload"]:
+        out.print(f"offload: the blocks need {gib(result['host_bytes'])} GiB of pinned host memory; the GPU "
+                  "figures count the modules outside them and three blocks")
     if result["gpu_memory"] is not None:
         verdict = lambda ok: "[green]fits[/]" if ok else "[red]does not fit[/]"  # noqa: E731
         out.print(f"on {gib(result['gpu_memory'])} GiB: ZO {verdict(result['fits'])}, first-order AdamW "

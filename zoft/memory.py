@@ -154,6 +154,34 @@ class MemoryRequest:
     lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
     virtual_tokens: int | None = None
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
+    offload: str | None = None           # "cpu": blocks in host memory, streamed to the GPU (zoft.offload)
+
+
+def _offload(req: MemoryRequest, model, shape: Shape, rows: int, nbytes: int, components: dict[str, int]) -> int:
+    """Turn the GPU figures into those of `--offload cpu` (zoft.offload); returns the pinned host bytes.
+
+    On the GPU: the modules outside the blocks, and at most three blocks (computing, prefetched, draining); the
+    second probe's residual stream, held while the other probe runs the block; with tied embeddings, the + copy
+    of the shared matrix."""
+    from zoft.algos import ALGORITHMS
+    from zoft.offload import OFFLOAD_KINDS, OFFLOAD_MODES, find_blocks
+
+    if req.offload not in OFFLOAD_KINDS:
+        raise ConfigError(f"--offload {req.offload}: choose {', '.join(OFFLOAD_KINDS)}")
+    if req.device != "cuda":
+        raise ConfigError("--offload cpu streams blocks to a CUDA GPU: estimate it with --device cuda")
+    if not ALGORITHMS[req.algo].offloadable:
+        ok = ", ".join(n for n, c in ALGORITHMS.items() if c.offloadable)
+        raise ConfigError(f"--offload cpu with --algo {req.algo}: offload supports --algo {ok}")
+    if req.mode not in OFFLOAD_MODES or req.quantize:
+        raise ConfigError("--offload cpu applies to --mode full or lora over an unquantized base")
+    sizes = [sum(p.numel() * nbytes for p in block.parameters()) for block in find_blocks(model)]
+    components["weights"] += 3 * max(sizes) - sum(sizes)
+    components["activations"] += rows * req.seq_len * shape.hidden * nbytes
+    head = model.get_output_embeddings()
+    if head is not None and head.weight is model.get_input_embeddings().weight and req.mode == "full":
+        components["step temporaries"] += head.weight.numel() * nbytes
+    return sum(sizes)
 
 
 def estimate(req: MemoryRequest) -> dict[str, Any]:
@@ -221,6 +249,9 @@ def estimate(req: MemoryRequest) -> dict[str, Any]:
         if any(opt.engine._tabled(p) for p in opt.engine.params):
             components["step temporaries"] += table_bytes(torch.float32) - table_bytes(torch.bfloat16)
         components["step temporaries"] += 4 * (1 << 20) * (1 if opt.dense_z else 2)
+    host = 0
+    if req.offload:
+        host = _offload(req, model, shape, rows, nbytes, components)
     if req.device == "cpu":
         components["runtime"] = cpu_runtime_bytes()
     fo = first_order_bytes(params, shape, rows, req.seq_len, nbytes, weights=weights,
@@ -238,6 +269,7 @@ def estimate(req: MemoryRequest) -> dict[str, Any]:
         "params": params, "trainable_params": sum(p.numel() for _, p in named), "rows": rows,
         "seq_len": req.seq_len, "components": components, "state_breakdown": opt.state_breakdown(),
         "total": total, "first_order_adamw": {**fo, "total": fo_total},
+        "offload": req.offload, "host_bytes": host,
         "gpu_memory": limit, "fits": None if limit is None else total <= limit,
         "first_order_fits": None if limit is None else fo_total <= limit,
     }

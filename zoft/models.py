@@ -82,11 +82,12 @@ def embedded_model_dir(alias: str = DEFAULT_MODEL) -> Path:
     return target
 
 
-def resolve_model_path(model: str | None, convert: bool = True) -> str:
+def resolve_model_path(model: str | None, convert: bool = True, weights: bool = True) -> str:
     """A loadable path or hub id for `--model` (None or an embedded alias → the converted cache dir).
 
     With `convert=False` only the cheap checks run (the alias's package is installed, a local dir has a
-    config.json), so a bad flag elsewhere is reported before the one-off ~15 s GGUF conversion.
+    config.json), so a bad flag elsewhere is reported before the one-off ~15 s GGUF conversion. With
+    `weights=False` a local dir needs only its config.json (memory estimates build the model on the meta device).
     """
     model = model or DEFAULT_MODEL
     if model in EMBEDDED_MODELS:
@@ -100,9 +101,9 @@ def resolve_model_path(model: str | None, convert: bool = True) -> str:
         if not (path / "config.json").is_file():
             raise ConfigError(f"--model {model}: directory has no config.json; pass a Hugging Face model dir "
                               "(e.g. a run's best/ or final/)")
-        weights = [f for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
-                   for f in path.glob(pattern)]
-        if not weights:
+        found = [f for pattern in ("*.safetensors", "*.bin", "*.safetensors.index.json", "*.bin.index.json")
+                 for f in path.glob(pattern)]
+        if weights and not found:
             raise ConfigError(f"--model {model}: directory has a config.json but no weights (*.safetensors or "
                               "pytorch_model*.bin); copy the weights there or pass another model dir")
         return str(path)
@@ -209,7 +210,7 @@ def meta_model(model: str | None, dtype: torch.dtype = torch.float32):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     quiet_transformers()
-    path = resolve_model_path(model)
+    path = resolve_model_path(model, weights=False)
     try:
         config = AutoConfig.from_pretrained(path)
     except OSError as exc:

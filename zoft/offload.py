@@ -189,7 +189,8 @@ class Offloader:
         self._shared = {i for i, n in uses.items() if n > 1}  # tied embeddings: used by two resident modules
         unvisited = set(range(len(opt._tensors))) - block_tensors - set(uses)
         if unvisited:
-            names = ", ".join(str(i) for i in sorted(unvisited)[:3])
+            all_names = [n for g in opt.param_groups for n in (g.get("param_names") or [None] * len(g["params"]))]
+            names = ", ".join(str(all_names[i] or f"#{i}") for i in sorted(unvisited)[:3])
             raise ValueError(f"trainable tensors {names} belong to no module that runs a forward; they cannot be "
                              "perturbed block by block")
         self.blocks = blocks
