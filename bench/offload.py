@@ -1,13 +1,13 @@
 """`--offload cpu` against no offload on the same model: step time and peak device memory, in one run.
 
-Both runs take the same MeZO steps on the same random batch from the same weights. On CUDA the peak is
+Both runs take the same steps of --algo (MeZO by default) on the same random batch from the same weights. On CUDA the peak is
 `torch.cuda.max_memory_allocated`; the offloaded run keeps the blocks in pinned host memory and streams them.
 On a CPU the "device" is the CPU itself (uploads are copies, no streams): that measures what the lockstep
 protocol costs in Python and copies, not a GPU's bus, and the memory column is then not meaningful.
 
 The model is a Llama built from config (random weights: speed and memory do not depend on them), or --model DIR.
 
-Usage: python bench/offload.py [--device cuda] [--layers 16] [--hidden 2048] [--steps 10] [--batch-size 16]
+Usage: python bench/offload.py [--algo mezo|hizoo|...] [--device cuda] [--layers 16] [--hidden 2048] [--steps 10] [--batch-size 16]
        [--seq-len 256] [--dtype bfloat16] [--json]
 """
 
@@ -20,7 +20,7 @@ import time
 
 import torch
 
-from zoft.algos import MeZO
+from zoft.algos import ALGORITHMS
 from zoft.algos.base import trainable_parameters
 from zoft.offload import Offloader
 
@@ -42,7 +42,7 @@ def build(args):
 def run(model, device, offload: bool, args) -> dict:
     if not offload:
         model.to(device)
-    opt = MeZO(trainable_parameters(model), lr=1e-6, eps=1e-3)
+    opt = ALGORITHMS[args.algo](trainable_parameters(model), lr=1e-6, eps=1e-3)
     opt.stochastic_rounding = model.dtype != torch.float32
     off = Offloader(model, opt, device) if offload else None
     g = torch.Generator().manual_seed(0)
@@ -81,6 +81,7 @@ def run(model, device, offload: bool, args) -> dict:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--algo", default="mezo", choices=[n for n, c in ALGORITHMS.items() if c.offloadable])
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     ap.add_argument("--model", default=None)
     ap.add_argument("--layers", type=int, default=16)
@@ -97,7 +98,7 @@ def main() -> None:
     rows = [run(copy.deepcopy(base), device, False, args), run(base, device, True, args)]
     if device.type == "cuda":
         torch.cuda.empty_cache()
-    result = {"device": str(device), "params": params, "dtype": args.dtype, "batch": args.batch_size,
+    result = {"algo": args.algo, "device": str(device), "params": params, "dtype": args.dtype, "batch": args.batch_size,
               "seq_len": args.seq_len, "runs": rows,
               "offload_step_ratio": rows[1]["step_s"] / rows[0]["step_s"]}
     if rows[0]["peak_device_bytes"]:
@@ -105,7 +106,7 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{params / 1e6:,.0f} M params, {args.dtype}, batch {args.batch_size} × {args.seq_len}, on {device}")
+    print(f"{args.algo}, {params / 1e6:,.0f} M params, {args.dtype}, batch {args.batch_size} × {args.seq_len}, on {device}")
     for r in rows:
         peak = f"{r['peak_device_bytes'] / 2**30:.2f} GiB" if r["peak_device_bytes"] else "n/a"
         print(f"  offload={str(r['offload']):5s} step {r['step_s']:.3f} s  (step / two forwards "

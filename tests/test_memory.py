@@ -125,7 +125,7 @@ def test_offload_counts_three_blocks_on_the_gpu_and_the_rest_on_the_host(tiny_mo
     assert off["components"]["weights"] == plain["components"]["weights"] + block
     embed = model.get_input_embeddings().weight  # tied to the head: its + copy is a step temporary
     assert off["components"]["step temporaries"] == plain["components"]["step temporaries"] + embed.numel() * 4
-    for args, needle in ((["--algo", "hizoo"], "offload supports --algo mezo"),
+    for args, needle in ((["--algo", "tezo"], "offload supports --algo mezo"),
                          (["--device", "cpu"], "estimate it with --device cuda"),
                          (["--offload", "disk"], "--offload disk")):
         result = runner.invoke(app, ["estimate-memory", str(config_only), "--offload", "cpu", *args])

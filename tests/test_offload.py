@@ -11,7 +11,7 @@ from safetensors.torch import load_file
 from typer.testing import CliRunner
 
 from conftest import build_model
-from zoft.algos import MeZO
+from zoft.algos import ALGORITHMS, MeZO
 from zoft.algos.base import NonFiniteLossError, trainable_parameters
 from zoft.cli import app
 from zoft.offload import Offloader
@@ -19,12 +19,21 @@ from zoft.offload import Offloader
 runner = CliRunner()
 
 
-def _pair(kind, dtype=torch.float32, **kw):
+OFFLOADABLE = ["mezo", "zo-sgd-mmt", "zo-adam", "hizoo", "hizoo-l"]
+OPTIONS = {"hizoo": {"hessian_smooth": 0.01}, "hizoo-l": {"hessian_smooth": 0.01}}
+
+
+def _pair(kind, dtype=torch.float32, algo="mezo"):
     plain = build_model(kind, 400).to(dtype)
     offloaded = copy.deepcopy(plain)
-    a = MeZO(trainable_parameters(plain), lr=1e-3, eps=1e-2, weight_decay=0.1, **kw)
-    b = MeZO(trainable_parameters(offloaded), lr=1e-3, eps=1e-2, weight_decay=0.1, **kw)
+    cls = ALGORITHMS[algo]
+    a = cls(trainable_parameters(plain), lr=1e-3, eps=1e-2, weight_decay=0.1, **OPTIONS.get(algo, {}))
+    b = cls(trainable_parameters(offloaded), lr=1e-3, eps=1e-2, weight_decay=0.1, **OPTIONS.get(algo, {}))
     return plain, a, offloaded, b, Offloader(offloaded, b, "cpu")
+
+
+def test_the_offloadable_algorithms_are_the_ones_tested():
+    assert [name for name, cls in ALGORITHMS.items() if cls.offloadable] == OFFLOADABLE
 
 
 def _loss(model, ids):
@@ -36,18 +45,22 @@ def _same_weights(m1, m2):
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
+@pytest.mark.parametrize("algo", OFFLOADABLE)
 @pytest.mark.parametrize("kind", ["opt", "llama"])  # OPT ties its head to the input embedding
-def test_offloaded_mezo_equals_mezo_bitwise(kind):
-    plain, a, offloaded, b, off = _pair(kind)
+def test_an_offloaded_algorithm_equals_the_resident_one_bitwise(kind, algo):
+    plain, a, offloaded, b, off = _pair(kind, algo=algo)
     ids = torch.randint(3, 400, (4, 12), generator=torch.Generator().manual_seed(0))
     for _ in range(4):
         assert a.step(_loss(plain, ids)) == b.step(_loss(offloaded, ids))
-    assert b.last == a.last and b.forwards == a.forwards == 8
+    assert b.last == a.last and b.forwards == a.forwards == 4 * a.forwards_per_step
+    assert b.engine.passes == a.engine.passes
     assert off.pending is not None and off.uploads == 4 * len(off.blocks)  # one upload per block per step
     with torch.inference_mode():  # a plain forward applies the pending update first
         assert torch.equal(plain(input_ids=ids).logits, offloaded(input_ids=ids).logits)
     assert off.pending is None and off.flushes == 1
     assert _same_weights(plain, offloaded)
+    for p, q in zip(a._tensors, b._tensors):  # the state that travelled with the blocks
+        assert all(torch.equal(v, b.state[q][k]) for k, v in a.state[p].items() if isinstance(v, torch.Tensor))
     # between visits the blocks' tensors are the CPU copies, not device copies
     assert all(s.param is None or s.param.data_ptr() == s.store.data_ptr() for slots in off._slots for s in slots)
 
@@ -58,8 +71,9 @@ def test_the_tied_embedding_is_perturbed_once_per_probe():
     assert sum(1 for u in off.units if u.block is None) == 4 and len(off.blocks) == 2
 
 
-def test_stochastic_rounding_is_per_tensor_so_offload_equals_a_tensorwise_run():
-    plain, a, offloaded, b, _ = _pair("llama", torch.bfloat16)
+@pytest.mark.parametrize("algo", ["mezo", "hizoo"])
+def test_stochastic_rounding_is_per_tensor_so_offload_equals_a_tensorwise_run(algo):
+    plain, a, offloaded, b, _ = _pair("llama", torch.bfloat16, algo)
     a.stochastic_rounding = b.stochastic_rounding = True
     a.tensorwise = True
     ids = torch.randint(3, 400, (4, 12), generator=torch.Generator().manual_seed(1))
@@ -69,8 +83,9 @@ def test_stochastic_rounding_is_per_tensor_so_offload_equals_a_tensorwise_run():
     assert _same_weights(plain, offloaded)
 
 
-def test_a_non_finite_step_is_restored_at_the_next_visit():
-    plain, a, offloaded, b, _ = _pair("llama")
+@pytest.mark.parametrize("algo", ["mezo", "hizoo"])
+def test_a_non_finite_step_is_restored_at_the_next_visit(algo):
+    plain, a, offloaded, b, _ = _pair("llama", algo=algo)
     ids = torch.randint(3, 400, (4, 12), generator=torch.Generator().manual_seed(2))
     for step in range(3):
         for model, opt in ((plain, a), (offloaded, b)):
@@ -123,10 +138,11 @@ def cpu_as_gpu(monkeypatch):
     monkeypatch.setattr("zoft.offload.require_cuda", lambda device: None)
 
 
-@pytest.mark.parametrize("mode", ["full", "lora"])
-def test_an_offloaded_run_equals_the_same_run_without_offload(mode, cpu_as_gpu, tiny_model_dirs, tmp_path):
+@pytest.mark.parametrize("mode, algo", [("full", "mezo"), ("lora", "mezo"), ("full", "hizoo")])
+def test_an_offloaded_run_equals_the_same_run_without_offload(mode, algo, cpu_as_gpu, tiny_model_dirs, tmp_path):
     model_dir = tiny_model_dirs["opt"]
     extra = ("--mode", mode, "--lora-targets", "q_proj,v_proj") if mode == "lora" else ()
+    extra += ("--algo", algo) + (("--hessian-smooth", "0.01") if algo == "hizoo" else ())
     plain, off = tmp_path / "plain", tmp_path / "off"
     assert (r := _train(model_dir, plain, *extra)).exit_code == 0, r.output
     assert (r := _train(model_dir, off, "--offload", "cpu", *extra)).exit_code == 0, r.output
@@ -140,12 +156,14 @@ def test_an_offloaded_run_equals_the_same_run_without_offload(mode, cpu_as_gpu, 
            [e.get("dev_accuracy") for e in plain_evals if e["event"] == "eval"]
 
 
-def test_an_offloaded_run_resumes_and_replays_bitwise(cpu_as_gpu, tiny_model_dirs, tmp_path):
+@pytest.mark.parametrize("algo", ["zo-adam", "hizoo-l"])
+def test_an_offloaded_run_resumes_and_replays_bitwise(algo, cpu_as_gpu, tiny_model_dirs, tmp_path):
     model_dir = tiny_model_dirs["llama"]
     whole, split = tmp_path / "whole", tmp_path / "split"
-    assert (r := _train(model_dir, whole, "--offload", "cpu")).exit_code == 0, r.output
-    assert (r := _train(model_dir, split, "--offload", "cpu", "--steps", "4")).exit_code == 0, r.output
-    assert (r := _train(model_dir, split, "--offload", "cpu", "--resume")).exit_code == 0, r.output
+    flags = ("--offload", "cpu", "--algo", algo) + (("--hessian-smooth", "0.01") if algo == "hizoo-l" else ())
+    assert (r := _train(model_dir, whole, *flags)).exit_code == 0, r.output
+    assert (r := _train(model_dir, split, *flags, "--steps", "4")).exit_code == 0, r.output
+    assert (r := _train(model_dir, split, *flags, "--resume")).exit_code == 0, r.output
     assert _equal(whole / "final", split / "final")
     out = tmp_path / "replayed"
     r = runner.invoke(app, ["replay", str(model_dir), str(whole), "--to-step", "6", "-o", str(out)])
@@ -155,7 +173,7 @@ def test_an_offloaded_run_resumes_and_replays_bitwise(cpu_as_gpu, tiny_model_dir
 
 @pytest.mark.parametrize("extra, message", [
     ((), "streams the transformer blocks from CPU memory to a CUDA GPU"),
-    (("--algo", "hizoo"), "offload supports --algo mezo"),
+    (("--algo", "tezo"), "offload supports --algo mezo, zo-sgd-mmt, zo-adam, hizoo, hizoo-l"),
     (("--mode", "prefix"), "use --mode full or lora"),
     (("--micro-batch-size", "2"), "one forward per probe"),
     (("--device-map", "auto"), "pick one"),

@@ -299,9 +299,9 @@ def train(
                                                       "larger than one GPU; ZO perturbs each tensor on its own "
                                                       "device.", show_default=False, rich_help_panel=HW)] = None,
     offload: Annotated[Optional[str], typer.Option(help="cpu: keep the transformer blocks in pinned CPU memory and "
-                                                   "stream them to the GPU one at a time, both probes per upload "
-                                                   "(ZO2), for models larger than the GPU; --algo mezo, full or "
-                                                   "LoRA, CUDA only.", show_default=False,
+                                                   "stream them to the GPU one at a time, every probe per upload "
+                                                   "(ZO2), for models larger than the GPU; MeZO, ZO-SGD-MMT, "
+                                                   "ZO-Adam, HiZOO(-L); full or LoRA; CUDA only.", show_default=False,
                                                    rich_help_panel=HW)] = None,
     nproc: Annotated[int, typer.Option(help="Data-parallel processes on this machine: reruns the command under "
                                        "torchrun (gloo on CPU, NCCL on GPUs); ranks share each step's batch and "

@@ -104,7 +104,7 @@ class TrainConfig:
     dtype: str = "auto"                 # auto → float32 on CPU, bfloat16 on CUDA
     device: str = "auto"
     device_map: str | None = None       # shard layers over the GPUs with accelerate: auto, balanced, sequential
-    offload: str | None = None          # cpu: blocks live in CPU memory and stream to the GPU (ZO2); MeZO
+    offload: str | None = None          # cpu: blocks live in CPU memory and stream to the GPU (ZO2)
 
     def flag(self, name: str) -> str:
         return "--" + name.replace("_", "-")

@@ -157,12 +157,13 @@ class MemoryRequest:
     offload: str | None = None           # "cpu": blocks in host memory, streamed to the GPU (zoft.offload)
 
 
-def _offload(req: MemoryRequest, model, shape: Shape, rows: int, nbytes: int, components: dict[str, int]) -> int:
+def _offload(req: MemoryRequest, model, opt, shape: Shape, rows: int, nbytes: int,
+             components: dict[str, int]) -> int:
     """Turn the GPU figures into those of `--offload cpu` (zoft.offload); returns the pinned host bytes.
 
-    On the GPU: the modules outside the blocks, and at most three blocks (computing, prefetched, draining); the
-    second probe's residual stream, held while the other probe runs the block; with tied embeddings, the + copy
-    of the shared matrix."""
+    On the GPU: the modules outside the blocks and their optimizer state, and at most three blocks with their
+    state (computing, prefetched, draining); the other probes' residual streams, held while one probe runs the
+    block; with tied embeddings, a copy of the shared matrix per probe but the last."""
     from zoft.algos import ALGORITHMS
     from zoft.offload import OFFLOAD_KINDS, OFFLOAD_MODES, find_blocks
 
@@ -175,13 +176,22 @@ def _offload(req: MemoryRequest, model, shape: Shape, rows: int, nbytes: int, co
         raise ConfigError(f"--offload cpu with --algo {req.algo}: offload supports --algo {ok}")
     if req.mode not in OFFLOAD_MODES or req.quantize:
         raise ConfigError("--offload cpu applies to --mode full or lora over an unquantized base")
-    sizes = [sum(p.numel() * nbytes for p in block.parameters()) for block in find_blocks(model)]
+    def state_of(p) -> int:
+        return sum(t.numel() * t.element_size() for t in opt.state.get(p, {}).values() if isinstance(t, torch.Tensor))
+
+    import torch
+
+    blocks = find_blocks(model)
+    sizes = [sum(p.numel() * nbytes for p in block.parameters()) for block in blocks]
+    states = [sum(state_of(p) for p in block.parameters()) for block in blocks]
     components["weights"] += 3 * max(sizes) - sum(sizes)
-    components["activations"] += rows * req.seq_len * shape.hidden * nbytes
+    components["optimizer state"] += 3 * max(states) - sum(states)
+    probes = opt.forwards_per_step
+    components["activations"] += (probes - 1) * rows * req.seq_len * shape.hidden * nbytes
     head = model.get_output_embeddings()
     if head is not None and head.weight is model.get_input_embeddings().weight and req.mode == "full":
-        components["step temporaries"] += head.weight.numel() * nbytes
-    return sum(sizes)
+        components["step temporaries"] += (probes - 1) * head.weight.numel() * nbytes
+    return sum(sizes) + sum(states)
 
 
 def estimate(req: MemoryRequest) -> dict[str, Any]:
@@ -251,7 +261,7 @@ def estimate(req: MemoryRequest) -> dict[str, Any]:
         components["step temporaries"] += 4 * (1 << 20) * (1 if opt.dense_z else 2)
     host = 0
     if req.offload:
-        host = _offload(req, model, shape, rows, nbytes, components)
+        host = _offload(req, model, opt, shape, rows, nbytes, components)
     if req.device == "cpu":
         components["runtime"] = cpu_runtime_bytes()
     fo = first_order_bytes(params, shape, rows, req.seq_len, nbytes, weights=weights,

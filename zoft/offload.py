@@ -4,11 +4,13 @@ The idea of ZO2 (Wang et al., arXiv 2503.12668). A ZO step needs no activations 
 the GPU must hold for the whole step is the part of the model that is not in a block (embeddings, final norm, head:
 2 % of OPT-13B); the blocks live in pinned CPU memory and visit the GPU one at a time:
 
-* both probe forwards of a step run through a block during one upload. The two forwards run in two threads in
-  lockstep: the + thread runs block k, hands over to the − thread, which runs block k, offloads it and hands back.
-  Each thread computes its own loss with the unchanged objective code, so every task and loss works as it is;
-* the perturbation is applied to a block while it is on the GPU: +εz before the + forward, −2εz before the −
-  forward; the block goes back to the CPU holding θ − εz;
+* all probe forwards of a step run through a block during one upload: MeZO's two, HiZOO's three. They run in one
+  thread each, in lockstep: probe 0 runs block k and hands over to probe 1, which runs block k and hands over,
+  and the last probe offloads the block and hands back to probe 0. Each thread computes its own loss with the
+  unchanged objective code, so every task and loss works as it is;
+* the perturbation is applied to a block while it is on the GPU, before each probe's forward (MeZO: +εz, then
+  −2εz; HiZOO: none for L0, then ±εz/√H); the block goes back to the CPU holding the last probe's point, and
+  the per-weight optimizer state (HiZOO's H, momentum, Adam moments) travels with it;
 * the update of step t (which needs g_t, known only after the last block) is applied when the block is next
   uploaded, at step t+1, fused with that step's +εz, so a block crosses the bus twice per step (up, down) and
   never a third time for its update. `flush` applies a pending update to every block before an evaluation that
@@ -19,11 +21,12 @@ the GPU must hold for the whole step is the part of the model that is not in a b
 Per tensor the arithmetic is that of the unoffloaded step (P1, P2, then P3 fused into the next P1's visit): with
 fp32 weights an offloaded run equals the same run without offload bitwise on the same device type (tests use CPU
 as the "GPU"). A tensor used by two units (tied input/output embeddings) keeps a copy of its + state for the
-second use: one tensor more of GPU memory, and still bitwise.
+second use: one tensor more of GPU memory per probe but the last, and still bitwise.
 
-What it supports: algorithms whose update of a tensor needs only the step's scalars and that tensor
-(`ZOOptimizer.offloadable`: MeZO), full fine-tuning or LoRA, one forward per probe (`--micro-batch-size` equal
-to `--batch-size`) and one process. Everything else is refused before the model loads (`check_config`).
+What it supports: algorithms whose update of a tensor needs only the step's scalars, that tensor and its own
+state (`ZOOptimizer.offloadable`: MeZO, ZO-SGD-MMT, ZO-Adam, HiZOO, HiZOO-L; TeZO's factors span whole
+matrices across steps and are not ported), full fine-tuning or LoRA, one forward per probe
+(`--micro-batch-size` equal to `--batch-size`) and one process. Everything else is refused before the model loads (`check_config`).
 """
 
 from __future__ import annotations
@@ -50,8 +53,7 @@ def check_config(cfg) -> str | None:
     cls = ALGORITHMS.get(cfg.algo)
     if cls is not None and not cls.offloadable:
         ok = ", ".join(name for name, c in ALGORITHMS.items() if c.offloadable)
-        return (f"--offload cpu with --algo {cfg.algo}: its step keeps per-weight state or needs more than two "
-                f"probes per block visit; offload supports --algo {ok}")
+        return f"--offload cpu with --algo {cfg.algo}: offload supports --algo {ok}"
     if cfg.mode not in OFFLOAD_MODES:
         return (f"--offload cpu with --mode {cfg.mode}: {cfg.mode} tensors are used outside the transformer "
                 "blocks' forwards; use --mode full or lora")
@@ -65,7 +67,7 @@ def check_config(cfg) -> str | None:
         return ("--offload cpu needs one forward per probe (each block is visited once per step): set "
                 "--micro-batch-size to --batch-size or drop it")
     if cfg.objective == "f1":
-        return "--offload cpu with --objective f1: generations of the two probes differ in length; use ce"
+        return "--offload cpu with --objective f1: generations of the probes differ in length; use ce"
     return None
 
 
@@ -95,15 +97,17 @@ def find_blocks(model: nn.Module) -> nn.ModuleList:
 class _Slot:
     """One tensor of an offloaded block: its CPU home and how to point the module at a copy."""
 
-    module: nn.Module
+    module: nn.Module | dict    # the owning module, or the optimizer state dict of a trainable tensor
     name: str
-    param: nn.Parameter | None  # None for a buffer
+    param: nn.Parameter | None  # None for a buffer or a state tensor
     store: torch.Tensor         # the CPU copy (pinned when streaming to CUDA); the value between visits
-    index: int | None           # the optimizer's tensor index if trainable: written back after a step
+    index: int | None           # the optimizer's tensor index if trainable (or its state): written back after a step
 
     def point(self, t: torch.Tensor) -> None:
         if self.param is not None:
             self.param.data = t
+        elif isinstance(self.module, dict):
+            self.module[self.name] = t
         else:
             self.module._buffers[self.name] = t
 
@@ -154,19 +158,27 @@ class Offloader:
                         continue
                     seen.add(id(p))
                     slots.append(_Slot(module, name, p, self._home(p.data), index.get(id(p))))
+                    if id(p) in index:  # per-weight optimizer state (HiZOO's H, moments) travels with its block
+                        state = opt.state[p]
+                        slots.extend(_Slot(state, key, None, self._home(v), index[id(p)])
+                                     for key, v in state.items() if isinstance(v, torch.Tensor))
                 for name, b in module._buffers.items():
                     if b is not None:
                         slots.append(_Slot(module, name, None, self._home(b), None))
             for s in slots:
                 s.point(s.store)
             self._slots.append(slots)
-            trainable = [s.index for s in slots if s.index is not None]
+            trainable = [s.index for s in slots if s.index is not None and s.param is not None]
             block_tensors.update(trainable)
             self.units.append(_Unit(block, trainable, k))
         uses: dict[int, int] = {}
+        resident: dict[int, int] = {}
         for module in model.modules():
             if id(module) in in_block:
                 continue
+            for t in [*module._parameters.values(), *module._buffers.values()]:
+                if t is not None:
+                    resident[id(t)] = t.numel() * t.element_size()
             for name, p in module._parameters.items():
                 if p is not None and p.device != self.device:
                     p.data = p.data.to(self.device)
@@ -174,6 +186,12 @@ class Offloader:
                 if b is not None and b.device != self.device:
                     module._buffers[name] = b.to(self.device)
             own = [index[id(p)] for p in module._parameters.values() if p is not None and id(p) in index]
+            for i in own:
+                state = opt.state[opt._tensors[i]]
+                for key, v in state.items():
+                    if isinstance(v, torch.Tensor):
+                        state[key] = v.to(self.device)
+                        resident[id(v)] = v.numel() * v.element_size()
             if own:
                 self.units.append(_Unit(module, own, None))
                 for i in own:
@@ -194,6 +212,7 @@ class Offloader:
             raise ValueError(f"trainable tensors {names} belong to no module that runs a forward; they cannot be "
                              "perturbed block by block")
         self.blocks = blocks
+        self._resident_bytes = sum(resident.values())
         self.pending: Callable[[int], None] | None = None  # the last step's update, per tensor, not yet applied
         self.uploads = self.flushes = 0
         self._gpu: dict[int, list[torch.Tensor]] = {}       # block → its tensors on the device
@@ -216,16 +235,8 @@ class Offloader:
         return t.pin_memory() if self.cuda else t
 
     def resident_bytes(self) -> int:
-        """Bytes of the tensors that stay on the device for the whole run (everything outside the blocks)."""
-        homes = {id(s.store) for slots in self._slots for s in slots}
-        seen, total = set(), 0
-        for unit in self.units:
-            if unit.block is None:
-                for p in unit.module.parameters(recurse=False):
-                    if id(p) not in seen and id(p) not in homes:
-                        seen.add(id(p))
-                        total += p.numel() * p.element_size()
-        return total
+        """Bytes that stay on the device for the whole run: the modules outside the blocks and their state."""
+        return self._resident_bytes
 
     def block_bytes(self) -> int:
         """Bytes of the largest block: what one upload moves, and a third of what blocks add to the device."""
@@ -289,7 +300,7 @@ class Offloader:
         """Apply the pending update to every tensor now (before a checkpoint, an evaluation, the end), then wait
         for the write-backs, so the CPU copies hold the weights."""
         pending, self.pending = self.pending, None
-        with torch.inference_mode(False):
+        with torch.inference_mode(False), torch.no_grad():  # leaving inference mode turns grad mode back on
             self._apply_everywhere(pending)
         if self.cuda:
             torch.cuda.synchronize(self.device)
@@ -308,27 +319,29 @@ class Offloader:
                     self._release(unit.block, write_back=True)
             self.flushes += 1
 
-    def probe_pair(self, closure: Callable[[], object], seed: int, eps: float) -> tuple[float, float]:
-        """(L(θ + εz), L(θ − εz)) from two lockstep forwards, each block uploaded once; the pending update is
-        applied at each tensor's first visit. On return every tensor holds θ − εz."""
-        self._probe = (seed, eps)
-        self._seen: set[int] = set()      # tensors the + thread has perturbed this step
-        self._seen_minus: set[int] = set()
-        self._plus: dict[int, torch.Tensor] = {}   # + state of tensors used by a second unit
+    def probe(self, closure: Callable[[], object], seed: int, scales: list[float]) -> list[float]:
+        """The losses of K lockstep forwards, each block uploaded once for all of them. Before probe j runs a
+        tensor's first unit, the tensor is moved by `perturb_tensor(i, seed, scales[j])` (0: not moved), and the
+        first probe applies the pending update first: MeZO's probes are [ε, −2ε], HiZOO's [0, ε, −2ε]. On return
+        every tensor holds the last probe's point."""
+        k = len(scales)
+        self._probe = (seed, scales)
+        self._seen: list[set[int]] = [set() for _ in range(k)]  # tensors each probe has moved this step
+        self._copies: dict[tuple[int, int], torch.Tensor] = {}  # (probe, tensor) → its point, for a second user
         self._real: dict[int, torch.Tensor] = {}
-        self._trace: dict[str, list[int]] = {"+": [], "-": []}
-        self._turn, self._finished, self._error = "+", set(), None
-        results: dict[str, float] = {}
+        self._trace: list[list[int]] = [[] for _ in range(k)]
+        self._turn, self._finished, self._error = 0, set(), None
+        results: dict[int, float] = {}
 
-        def run(who: str) -> None:
-            self._local.who = who
+        def run(j: int) -> None:
+            self._local.who = j
             if self.cuda:
                 torch.cuda.set_device(self.device)
             try:
-                if who == "-":
-                    self._wait("-")
+                if j:
+                    self._wait(j)
                 with torch.inference_mode():
-                    results[who] = float(closure())
+                    results[j] = float(closure())
             except _Abort:
                 pass
             except BaseException as exc:  # noqa: BLE001 - re-raised in the calling thread
@@ -337,44 +350,52 @@ class Offloader:
                     self._cond.notify_all()
             finally:
                 with self._cond:
-                    self._finished.add(who)
-                    self._turn = "-" if who == "+" else "+"
+                    self._finished.add(j)
+                    self._turn = self._next(j)
                     self._cond.notify_all()
 
-        threads = [threading.Thread(target=run, args=(who,), name=f"zoft-probe{who}") for who in "+-"]
+        threads = [threading.Thread(target=run, args=(j,), name=f"zoft-probe{j}") for j in range(k)]
         for t in threads:
             t.start()
         for t in threads:
             t.join()
         self._probe = None
-        self._plus.clear()
+        self._copies.clear()
         if self._error is not None:
             raise self._error
-        if self._trace["+"] != self._trace["-"]:
-            raise RuntimeError("the two probe forwards ran different modules; an offloaded step needs a forward "
-                               "whose modules do not depend on the weights")
-        missed = len(self.opt._tensors) - len(self._seen)
+        if any(trace != self._trace[0] for trace in self._trace):
+            raise RuntimeError("the probe forwards ran different modules; an offloaded step needs a forward whose "
+                               "modules do not depend on the weights")
+        missed = len(self.opt._tensors) - len(self._seen[0])
         if missed:
             raise RuntimeError(f"{missed} trainable tensors were not used by the forward; they cannot be offloaded")
         self.pending = None
-        return results["+"], results["-"]
+        return [results[j] for j in range(k)]
 
-    def _wait(self, who: str) -> None:
+    def _next(self, j: int) -> int | None:
+        """The probe that runs after probe j: the next one in order that has not finished."""
+        k = len(self._trace)
+        for step in range(1, k):
+            if (j + step) % k not in self._finished:
+                return (j + step) % k
+        return None
+
+    def _wait(self, j: int) -> None:
         with self._cond:
-            while self._turn != who and self._error is None:
+            while self._turn != j and self._error is None:
                 self._cond.wait()
             if self._error is not None:
                 raise _Abort
 
-    def _hand_over(self, who: str) -> None:
-        """`who` finished a unit: the other thread runs the same unit, then hands back."""
-        other = "-" if who == "+" else "+"
+    def _hand_over(self, j: int) -> None:
+        """Probe j finished a unit: the next probe runs the same unit, and so on round to j."""
         with self._cond:
-            if other in self._finished:
+            nxt = self._next(j)
+            if nxt is None:
                 return
-            self._turn = other
+            self._turn = nxt
             self._cond.notify_all()
-        self._wait(who)
+        self._wait(j)
 
     def _pre(self, unit: _Unit) -> None:
         # the passes make buffers the engine keeps (z, tables): they must not be inference tensors, which could not
@@ -389,27 +410,24 @@ class Offloader:
             if unit.block is not None:
                 self._acquire(unit.block)
             return
-        who = self._local.who
-        seed, eps = self._probe
-        self._trace[who].append(id(unit))
-        if who == "+":
-            if unit.block is not None:
-                self._acquire(unit.block)
-            for i in unit.tensors:
-                if i in self._seen:  # its second user (a tied head): the + state kept at its first
+        j = self._local.who
+        seed, scales = self._probe
+        self._trace[j].append(id(unit))
+        if j == 0 and unit.block is not None:
+            self._acquire(unit.block)
+        last = j == len(scales) - 1
+        for i in unit.tensors:
+            if i in self._seen[j]:  # its second user (a tied head): the point kept at its first
+                if not last:
                     p = self.opt._tensors[i]
                     self._real[i] = p.data
-                    p.data = self._plus[i]
-                    continue
-                self._seen.add(i)
-                if self.pending is not None:
-                    self.pending(i)                       # P3 of the last step
-                self.opt.perturb_tensor(i, seed, eps)     # P1: θ + εz
-        else:
-            for i in unit.tensors:
-                if i not in self._seen_minus:
-                    self._seen_minus.add(i)
-                    self.opt.perturb_tensor(i, seed, -2.0 * eps)  # P2: θ − εz
+                    p.data = self._copies[(j, i)]
+                continue
+            self._seen[j].add(i)
+            if j == 0 and self.pending is not None:
+                self.pending(i)                               # P3 of the last step
+            if scales[j]:
+                self.opt.perturb_tensor(i, seed, scales[j])   # MeZO: P1 (+εz), then P2 (−2εz)
 
     def _post(self, unit: _Unit) -> None:
         with torch.inference_mode(False), torch.no_grad():
@@ -422,13 +440,13 @@ class Offloader:
             if unit.block is not None:
                 self._release(unit.block, write_back=False)
             return
-        who = self._local.who
-        if who == "+":
-            for i in unit.tensors:
-                p = self.opt._tensors[i]
-                if i in self._real:
-                    p.data = self._real.pop(i)
-                elif i in self._shared and i not in self._plus:
-                    self._plus[i] = p.detach().clone()
-        elif unit.block is not None:
+        j = self._local.who
+        last = j == len(self._probe[1]) - 1
+        for i in unit.tensors:
+            p = self.opt._tensors[i]
+            if i in self._real:
+                p.data = self._real.pop(i)
+            elif i in self._shared and not last and (j, i) not in self._copies:
+                self._copies[(j, i)] = p.detach().clone()
+        if last and unit.block is not None:
             self._release(unit.block, write_back=True)

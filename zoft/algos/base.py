@@ -182,8 +182,9 @@ class ZOOptimizer(torch.optim.Optimizer):
     def _apply_record(self, seed: int, record: dict[str, Any]) -> None:
         raise NotImplementedError  # abstract: P3 of `_zo_step` with the recorded scalars instead of the forwards
 
-    def _update_tensor(self, index: int, seed: int, g: float) -> None:
-        """P3 for tensor `index` alone, bitwise what `_update` does to it (offloadable algorithms only)."""
+    def _update_tensor(self, index: int, seed: int, g: float, t: int) -> None:
+        """P3 for tensor `index` alone, bitwise what `_update` does to it at step index `t` (the step being
+        applied: an offloaded run applies it during the next step, when `self.t` has moved on)."""
         raise NotImplementedError(f"{type(self).__name__} cannot update one tensor at a time")
 
     @torch.no_grad()
@@ -294,24 +295,26 @@ class TwoPointZO(ZOOptimizer):
 
     def _apply_record(self, seed: int, record: dict[str, Any]) -> None:
         if self.tensorwise:
+            self.engine.count_pass()
             for i in range(len(self._tensors)):
-                self._tensor_update(i, seed, record["projected_grad"])
+                self._tensor_update(i, seed, record["projected_grad"], self.t)
             return
         with stochastic_rounding(seed, self.stochastic_rounding):
             self._update(seed, record["projected_grad"])
 
-    def _tensor_update(self, index: int, seed: int, g: float) -> None:
+    def _tensor_update(self, index: int, seed: int, g: float, t: int) -> None:
         """P3 of one tensor as an offloaded step applies it: stochastic rounding (if on) draws its bits from a seed
         of its own, so the result does not depend on the order the tensors are visited in."""
         with stochastic_rounding(mix(seed, index), self.stochastic_rounding):
-            self._update_tensor(index, seed, g)
+            self._update_tensor(index, seed, g, t)
 
     def _offloaded_step(self, closure: Closure, seed: int) -> float:
         """The same step with the blocks streamed (`zoft.offload`): both probes in one visit of each block, P3
         deferred to the next visit."""
         eps, offloader = self.eps, self.offloader
-        loss_plus, loss_minus = offloader.probe_pair(closure, seed, eps)
+        loss_plus, loss_minus = offloader.probe(closure, seed, [eps, -2.0 * eps])
         self.forwards += 2
+        self.engine.passes += 3  # P1, P2 and (deferred) P3, as in the resident step
 
         def restore() -> None:
             offloader.defer(lambda i: self.perturb_tensor(i, seed, eps))
@@ -319,7 +322,8 @@ class TwoPointZO(ZOOptimizer):
         check_finite(self, (loss_plus, loss_minus), restore=restore)
         g = (loss_plus - loss_minus) / (2.0 * eps)
         check_finite(self, (g,), restore=restore, what="projected gradient")
-        offloader.defer(lambda i: self._tensor_update(i, seed, g))
+        t = self.t
+        offloader.defer(lambda i: self._tensor_update(i, seed, g, t))
         self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus}
         return 0.5 * (loss_plus + loss_minus)
 
@@ -338,9 +342,11 @@ class TwoPointZO(ZOOptimizer):
         self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus}
         return 0.5 * (loss_plus + loss_minus)
 
-    def bias_corrections(self, beta1: float, beta2: float) -> tuple[float, float]:
-        """Adam's 1 − β1^t and 1 − β2^t for the step being taken (t counts from 1, as in torch.optim.Adam)."""
-        return 1.0 - beta1 ** (self.t + 1), 1.0 - beta2 ** (self.t + 1)
+    def bias_corrections(self, beta1: float, beta2: float, t: int | None = None) -> tuple[float, float]:
+        """Adam's 1 − β1^t and 1 − β2^t for the step being taken (default `self.t`, counted from 0 here and from 1
+        in torch.optim.Adam)."""
+        t = self.t if t is None else t
+        return 1.0 - beta1 ** (t + 1), 1.0 - beta2 ** (t + 1)
 
 
 def check_finite(opt: ZOOptimizer, values: Iterable[float], restore: Callable[[], None], what: str = "loss") -> None:

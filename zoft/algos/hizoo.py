@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 
 from zoft.algos.base import Closure, ZOOptimizer, check_finite
-from zoft.perturb import addcdiv_, scale_, stochastic_rounding
+from zoft.perturb import addcdiv_, mix, scale_, stochastic_rounding
 
 _H_MIN, _H_MAX = 1e-12, 1e30
 
@@ -139,6 +139,22 @@ class HiZOO(ZOOptimizer):
                 alpha = value
         return alpha
 
+    offloadable = True  # H travels with its block; the three probes run through it in lockstep
+
+    @torch.no_grad()
+    def perturb_tensor(self, index: int, seed: int, scale: float) -> None:
+        """θ_i += scale·z_i/√H_i: tensor i's share of `perturb`, the same arithmetic (the fused kernel where the
+        full pass would use it)."""
+        p = self._tensors[index]
+        hessians = self._dense_hessians() if self.engine.kind == "philox" else None
+        if hessians is not None and self.engine.fused_all():
+            from zoft import kernels
+            from zoft.perturb import tensor_seed
+
+            kernels.launch([p], [tensor_seed(seed, index)], [scale], None, [hessians[index]])
+            return
+        addcdiv_(p, self.engine.noise(index, seed), self._sqrt_h(index, 0), scale)
+
     @torch.no_grad()
     def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
         """θ += scale·z/√H (one pass; with the philox kernel, H is read in the same fused pass)."""
@@ -150,6 +166,8 @@ class HiZOO(ZOOptimizer):
             addcdiv_(p, z, self._sqrt_h(i, 0), scale)
 
     def _zo_step(self, closure: Closure, seed: int) -> float:
+        if self.offloader is not None:
+            return self._offloaded_step(closure, seed)
         eps = self.param_groups[0]["eps"]
         loss0 = self.evaluate(closure)
         self.perturb(seed, eps)                                     # P1
@@ -166,20 +184,53 @@ class HiZOO(ZOOptimizer):
                      "curvature": c, "hessian_smooth": alpha}
         return loss0
 
+    def _offloaded_step(self, closure: Closure, seed: int) -> float:
+        """The step with the blocks streamed (`zoft.offload`): L0, L+ and L− in one visit of each block, P3
+        deferred to the next visit."""
+        eps, offloader = self.param_groups[0]["eps"], self.offloader
+        loss0, loss_plus, loss_minus = offloader.probe(closure, seed, [0.0, eps, -2.0 * eps])
+        self.forwards += 3
+        self.engine.passes += 3
+
+        def restore() -> None:
+            offloader.defer(lambda i: self.perturb_tensor(i, seed, eps))
+
+        check_finite(self, (loss0, loss_plus, loss_minus), restore=restore)
+        g = (loss_plus - loss_minus) / (2.0 * eps)
+        c = abs(loss_plus + loss_minus - 2.0 * loss0) / (2.0 * eps * eps)
+        check_finite(self, (g, c), restore=restore, what="projected gradient or curvature")
+        alpha = self.current_alpha()
+        offloader.defer(lambda i: self._tensor_apply(i, seed, g, c, alpha))
+        self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus, "loss0": loss0,
+                     "curvature": c, "hessian_smooth": alpha}
+        return loss0
+
     def _apply_record(self, seed: int, record: dict) -> None:
         self._apply(seed, record["projected_grad"], record["curvature"])
 
     def _apply(self, seed: int, g: float, c: float) -> float:
         """P3: restore, update H with the curvature sample c, step along z/√H with g; returns the α used."""
         alpha = self.current_alpha()
+        if self.tensorwise:  # as an offloaded run applies it: rounding bits seeded per tensor
+            self.engine.count_pass()
+            for i in range(len(self._tensors)):
+                self._tensor_apply(i, seed, g, c, alpha)
+            return alpha
         with stochastic_rounding(seed, self.stochastic_rounding):
             for i, p, z in self.engine.sweep(seed):                  # P3: restore, update H, step
-                group = self.hyper(i)
-                addcdiv_(p, z, self._sqrt_h(i, 0), group["eps"])     # θ_orig, with the probe's H_old
-                self._update_h(i, z, c, alpha)
-                scale_(p, self.decay_factor(i))
-                addcdiv_(p, z, self._sqrt_h(i, 0), -group["lr"] * g)  # step with H_new
+                self._apply_one(i, z, g, c, alpha)
         return alpha
+
+    def _tensor_apply(self, index: int, seed: int, g: float, c: float, alpha: float) -> None:
+        with stochastic_rounding(mix(seed, index), self.stochastic_rounding):
+            self._apply_one(index, self.engine.noise(index, seed), g, c, alpha)
+
+    def _apply_one(self, i: int, z: torch.Tensor, g: float, c: float, alpha: float) -> None:
+        p, group = self._tensors[i], self.hyper(i)
+        addcdiv_(p, z, self._sqrt_h(i, 0), group["eps"])     # θ_orig, with the probe's H_old
+        self._update_h(i, z, c, alpha)
+        scale_(p, self.decay_factor(i))
+        addcdiv_(p, z, self._sqrt_h(i, 0), -group["lr"] * g)  # step with H_new
 
     def diagnostics(self) -> dict[str, float]:
         """Mean, spread and range of log H over all weights: H departing from 0 (= log 1) shows it learning."""

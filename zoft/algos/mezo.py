@@ -49,7 +49,7 @@ class MeZO(TwoPointZO):
         decays = [self.decay_factor(i) for i in range(len(self._tensors))]   # P3: θ ← c·θ + (c·ε − η·g)·z
         self.engine.axpy_all_(seed, [c * self.eps - self.hyper(i)["lr"] * g for i, c in enumerate(decays)], decays)
 
-    def _update_tensor(self, index: int, seed: int, g: float) -> None:
+    def _update_tensor(self, index: int, seed: int, g: float, t: int) -> None:
         c = self.decay_factor(index)
         self.engine.axpy_one_(index, seed, c * self.eps - self.hyper(index)["lr"] * g, c)
 
@@ -75,15 +75,21 @@ class ZOSGDMomentum(TwoPointZO):
         for p in self._tensors:
             self.state[p]["momentum_buffer"] = torch.zeros(p.shape, dtype=state_dtype(p), device=p.device)
 
+    offloadable = True  # the momentum buffer travels with its block
+
     def _update(self, seed: int, g: float) -> None:
-        eps = self.eps
-        for i, p, z in self.engine.sweep(seed):
-            group, buf = self.hyper(i), self.state[p]["momentum_buffer"]
-            add_(p, z, eps)                              # θ_orig (restore)
-            buf.mul_(group["momentum"]).add_(z, alpha=g)
-            if self._decay[i] and group["weight_decay"]:
-                buf.add_(p, alpha=group["weight_decay"])  # coupled L2, as torch SGD does
-            add_(p, buf, -group["lr"])
+        self.engine.count_pass()
+        for i in range(len(self._tensors)):
+            self._update_tensor(i, seed, g, self.t)
+
+    def _update_tensor(self, index: int, seed: int, g: float, t: int) -> None:
+        p, z = self._tensors[index], self.engine.noise(index, seed)
+        group, buf = self.hyper(index), self.state[p]["momentum_buffer"]
+        add_(p, z, self.eps)                         # θ_orig (restore)
+        buf.mul_(group["momentum"]).add_(z, alpha=g)
+        if self._decay[index] and group["weight_decay"]:
+            buf.add_(p, alpha=group["weight_decay"])  # coupled L2, as torch SGD does
+        add_(p, buf, -group["lr"])
 
 
 class ZOAdam(TwoPointZO):
@@ -109,12 +115,17 @@ class ZOAdam(TwoPointZO):
         for p in self._tensors:
             self.state[p].update(dense_adam_state(p))
 
+    offloadable = True  # the moments travel with their block
+
     def _update(self, seed: int, g: float) -> None:
-        eps = self.eps
-        for i, p, z in self.engine.sweep(seed):
-            group = self.hyper(i)
-            adam_dense_update(p, z, self.state[p], g, self.engine.scratch(i, 0), group, eps,
-                              self.decay_factor(i), self.bias_corrections(group["momentum"], group["beta2"]))
+        self.engine.count_pass()
+        for i in range(len(self._tensors)):
+            self._update_tensor(i, seed, g, self.t)
+
+    def _update_tensor(self, index: int, seed: int, g: float, t: int) -> None:
+        p, group = self._tensors[index], self.hyper(index)
+        adam_dense_update(p, self.engine.noise(index, seed), self.state[p], g, self.engine.scratch(index, 0), group,
+                          self.eps, self.decay_factor(index), self.bias_corrections(group["momentum"], group["beta2"], t))
 
 
 def resolve_momentum(momentum: float | None, default: float) -> float:
