@@ -1,14 +1,14 @@
 """`--offload cpu` against no offload on the same model: step time and peak device memory, in one run.
 
-Both runs take the same steps of --algo (MeZO by default) on the same random batch from the same weights. On CUDA the peak is
-`torch.cuda.max_memory_allocated`; the offloaded run keeps the blocks in pinned host memory and streams them.
-On a CPU the "device" is the CPU itself (uploads are copies, no streams): that measures what the lockstep
+Both runs take the same steps of --algo (MeZO by default) on the same random batch from the same weights. On
+CUDA the peak is `torch.cuda.max_memory_allocated`; the offloaded run keeps the blocks in pinned host memory and
+streams them. On a CPU the "device" is the CPU itself (uploads are copies, no streams): that measures what the lockstep
 protocol costs in Python and copies, not a GPU's bus, and the memory column is then not meaningful.
 
 The model is a Llama built from config (random weights: speed and memory do not depend on them), or --model DIR.
 
-Usage: python bench/offload.py [--algo mezo|hizoo|...] [--device cuda] [--layers 16] [--hidden 2048] [--steps 10] [--batch-size 16]
-       [--seq-len 256] [--dtype bfloat16] [--json]
+Usage: python bench/offload.py [--algo mezo|hizoo|...] [--device cuda] [--layers 16] [--hidden 2048]
+       [--steps 10] [--batch-size 16] [--seq-len 256] [--dtype bfloat16] [--json]
 """
 
 from __future__ import annotations
@@ -106,7 +106,8 @@ def main() -> None:
     if args.json:
         print(json.dumps(result))
         return
-    print(f"{args.algo}, {params / 1e6:,.0f} M params, {args.dtype}, batch {args.batch_size} × {args.seq_len}, on {device}")
+    print(f"{args.algo}, {params / 1e6:,.0f} M params, {args.dtype}, batch {args.batch_size} × {args.seq_len}, "
+          f"on {device}")
     for r in rows:
         peak = f"{r['peak_device_bytes'] / 2**30:.2f} GiB" if r["peak_device_bytes"] else "n/a"
         print(f"  offload={str(r['offload']):5s} step {r['step_s']:.3f} s  (step / two forwards "

@@ -12,21 +12,22 @@ the GPU must hold for the whole step is the part of the model that is not in a b
   −2εz; HiZOO: none for L0, then ±εz/√H); the block goes back to the CPU holding the last probe's point, and
   the per-weight optimizer state (HiZOO's H, momentum, Adam moments) travels with it;
 * the update of step t (which needs g_t, known only after the last block) is applied when the block is next
-  uploaded, at step t+1, fused with that step's +εz, so a block crosses the bus twice per step (up, down) and
-  never a third time for its update. `flush` applies a pending update to every block before an evaluation that
-  is not a training step, a checkpoint or the end of the run;
+  uploaded, at step t+1, just before that step's first perturbation, so a block crosses the bus twice per step
+  (up, down) and never a third time for its update. `flush` applies a pending update to every block before an
+  evaluation, a checkpoint or the end of the run;
 * uploads run on their own CUDA stream and the next block is prefetched while the current one computes; write-backs
   run on a third stream. At most three blocks are on the GPU: the one computing, the next, the last draining.
 
-Per tensor the arithmetic is that of the unoffloaded step (P1, P2, then P3 fused into the next P1's visit): with
+Per tensor the arithmetic is that of the unoffloaded step (its passes, with P3 moved to the next visit): with
 fp32 weights an offloaded run equals the same run without offload bitwise on the same device type (tests use CPU
-as the "GPU"). A tensor used by two units (tied input/output embeddings) keeps a copy of its + state for the
-second use: one tensor more of GPU memory per probe but the last, and still bitwise.
+as the "GPU"). A tensor used by two units (tied input/output embeddings) keeps a copy of each probe's point for
+the second use: one tensor more of GPU memory per probe but the last, and still bitwise.
 
 What it supports: algorithms whose update of a tensor needs only the step's scalars, that tensor and its own
 state (`ZOOptimizer.offloadable`: MeZO, ZO-SGD-MMT, ZO-Adam, HiZOO, HiZOO-L; TeZO's factors span whole
 matrices across steps and are not ported), full fine-tuning or LoRA, one forward per probe
-(`--micro-batch-size` equal to `--batch-size`) and one process. Everything else is refused before the model loads (`check_config`).
+(`--micro-batch-size` equal to `--batch-size`) and one process. Everything else is refused before the model
+loads (`check_config`).
 """
 
 from __future__ import annotations
@@ -295,7 +296,6 @@ class Offloader:
         """Apply `update(i)` to every tensor at its next visit (the step's P3, or the restore of a skipped step)."""
         self.pending = update
 
-    @torch.no_grad()
     def flush(self) -> None:
         """Apply the pending update to every tensor now (before a checkpoint, an evaluation, the end), then wait
         for the write-backs, so the CPU copies hold the weights."""

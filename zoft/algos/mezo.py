@@ -124,8 +124,9 @@ class ZOAdam(TwoPointZO):
 
     def _update_tensor(self, index: int, seed: int, g: float, t: int) -> None:
         p, group = self._tensors[index], self.hyper(index)
+        corrections = self.bias_corrections(group["momentum"], group["beta2"], t)
         adam_dense_update(p, self.engine.noise(index, seed), self.state[p], g, self.engine.scratch(index, 0), group,
-                          self.eps, self.decay_factor(index), self.bias_corrections(group["momentum"], group["beta2"], t))
+                          self.eps, self.decay_factor(index), corrections)
 
 
 def resolve_momentum(momentum: float | None, default: float) -> float:
