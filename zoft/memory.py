@@ -176,10 +176,10 @@ def _offload(req: MemoryRequest, model, opt, shape: Shape, rows: int, nbytes: in
         raise ConfigError(f"--offload cpu with --algo {req.algo}: offload supports --algo {ok}")
     if req.mode not in OFFLOAD_MODES or req.quantize:
         raise ConfigError("--offload cpu applies to --mode full or lora over an unquantized base")
+    import torch
+
     def state_of(p) -> int:
         return sum(t.numel() * t.element_size() for t in opt.state.get(p, {}).values() if isinstance(t, torch.Tensor))
-
-    import torch
 
     blocks = find_blocks(model)
     sizes = [sum(p.numel() * nbytes for p in block.parameters()) for block in blocks]

@@ -300,24 +300,25 @@ class Offloader:
         """Apply the pending update to every tensor now (before a checkpoint, an evaluation, the end), then wait
         for the write-backs, so the CPU copies hold the weights."""
         pending, self.pending = self.pending, None
-        with torch.inference_mode(False), torch.no_grad():  # leaving inference mode turns grad mode back on
-            self._apply_everywhere(pending)
+        if pending is not None:
+            with torch.inference_mode(False), torch.no_grad():  # leaving inference mode turns grad mode back on
+                self._apply_everywhere(pending)
         if self.cuda:
             torch.cuda.synchronize(self.device)
 
-    def _apply_everywhere(self, pending: Callable[[int], None] | None) -> None:
-        if pending is not None:
-            done: set[int] = set()
-            for unit in self.units:
-                if unit.block is not None:
-                    self._acquire(unit.block)
-                for i in unit.tensors:
-                    if i not in done:
-                        done.add(i)
-                        pending(i)
-                if unit.block is not None:
-                    self._release(unit.block, write_back=True)
-            self.flushes += 1
+    def _apply_everywhere(self, pending: Callable[[int], None]) -> None:
+        """`pending(i)` once for every tensor, each block uploaded for it and written back."""
+        done: set[int] = set()
+        for unit in self.units:
+            if unit.block is not None:
+                self._acquire(unit.block)
+            for i in unit.tensors:
+                if i not in done:
+                    done.add(i)
+                    pending(i)
+            if unit.block is not None:
+                self._release(unit.block, write_back=True)
+        self.flushes += 1
 
     def probe(self, closure: Callable[[], object], seed: int, scales: list[float]) -> list[float]:
         """The losses of K lockstep forwards, each block uploaded once for all of them. Before probe j runs a

@@ -514,17 +514,21 @@ class PerturbationEngine:
             self.axpy_one_(i, seed, coefs[i], decays[i], probe)
 
     @torch.no_grad()
-    def axpy_one_(self, index: int, seed: int, coef: float, decay: float = 1.0, probe: int = 0) -> None:
-        """θ_i ← decay·θ_i + coef·z_i for one tensor, the same arithmetic as its share of `axpy_all_` (what a
-        pass over every tensor does to this one), so that a caller visiting the tensors one at a time (CPU
-        offload, `zoft.offload`) gets the same bits."""
+    def axpy_one_(self, index: int, seed: int, coef: float, decay: float = 1.0, probe: int = 0,
+                  hessian: torch.Tensor | None = None) -> None:
+        """θ_i ← decay·θ_i + coef·z_i (÷√H_i with `hessian`, philox only) for one tensor, the same arithmetic as
+        its share of `axpy_all_` (what a pass over every tensor does to this one), so that a caller visiting the
+        tensors one at a time (CPU offload, `zoft.offload`) gets the same bits."""
         p = self.params[index]
         if self._fused_kernel(p):
             from zoft import kernels
 
-            kernels.launch([p], [tensor_seed(seed, index, probe)], [coef], [decay])
+            kernels.launch([p], [tensor_seed(seed, index, probe)], [coef], [decay],
+                           None if hessian is None else [hessian])
             self.regenerations += 1
             return
+        if hessian is not None:
+            raise ValueError("an H-scaled pass runs only in the fused philox kernel; check fused_all() first")
         scale_(p, decay)
         self.axpy_(index, seed, coef, probe)
 

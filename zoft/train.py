@@ -508,9 +508,7 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
                 save(path)
                 raise Interrupted(stop["code"], path)
 
-    if offloader is not None:
-        offloader.flush()
-    if world.active:
+    if world.active:  # (offloaded runs are single-process: save() flushes their pending update)
         identical = distributed.digests_agree(distributed.parameter_digest(p for _, p in named))
         if not world.main:
             # wait for rank 0 to finish its final save and eval: tearing the group down under it aborts gloo

@@ -91,8 +91,8 @@ class ZOOptimizer(torch.optim.Optimizer):
     #: whether `replay` can rebuild the weights from the trajectory alone (not for first-order methods)
     replayable: bool = True
     #: whether a step can run tensor by tensor as `--offload cpu` streams the blocks (`zoft.offload`): the
-    #: update of each tensor depends only on the step's scalars and that tensor (`_update_tensor`), and the
-    #: algorithm keeps no per-weight state that would have to travel with the blocks
+    #: update of each tensor depends only on the step's scalars, that tensor and its own state (which travels
+    #: with its block), through `perturb_tensor` and a per-tensor P3
     offloadable: bool = False
 
     def __init__(self, params: Iterable[Any], lr: float | None = None, eps: float | None = None,
@@ -192,6 +192,24 @@ class ZOOptimizer(torch.optim.Optimizer):
         """θ_i ← θ_i + scale·z_i for one tensor: its share of `perturb` (offloadable algorithms)."""
         self.engine.axpy_(index, seed, scale)
 
+    def tensor_rounding(self, seed: int, index: int) -> stochastic_rounding:
+        """Stochastic rounding (if on) for one tensor's P3, its bits drawn from a seed of the tensor's own, so the
+        result does not depend on the order the tensors are visited in (offloaded runs and their replays)."""
+        return stochastic_rounding(mix(seed, index), self.stochastic_rounding)
+
+    def _offloaded_probes(self, closure: Closure, seed: int, scales: list[float]):
+        """The probe losses of an offloaded step (`zoft.offload`: all probes in one visit of each block) and the
+        restore that a skipped step defers to the next visit."""
+        offloader, eps = self.offloader, self.param_groups[0]["eps"]
+        losses = offloader.probe(closure, seed, scales)
+        self.forwards += len(scales)
+        self.engine.passes += 3  # the probe passes and the deferred P3, as in the resident step
+
+        def restore() -> None:
+            offloader.defer(lambda i: self.perturb_tensor(i, seed, eps))
+
+        return losses, restore
+
     @torch.no_grad()
     def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
         """θ ← θ + scale·Z(seed) in place: one pass along the algorithm's probe direction (dense z here)."""
@@ -278,7 +296,8 @@ class TwoPointZO(ZOOptimizer):
         P1  θ ← θ + ε·Z           → L+        (`perturb(seed, ε)`)
         P2  θ ← θ − 2ε·Z          → L−        (`perturb(seed, −2ε)`)
             g = (L+ − L−)/(2ε)
-        P3  restore θ + ε·Z fused with the algorithm's update   (`_update(seed, g)`)
+        P3  restore θ + ε·Z fused with the algorithm's update   (`_update(seed, g)`, by default tensor by
+            tensor through `_update_tensor`, which `--offload cpu` also uses)
 
     Z is the engine's dense Gaussian z unless a subclass overrides `perturb` (TeZO's low-rank Z). 2 forwards and
     3 passes per step; the reported loss is (L+ + L−)/2, so no forward is spent on logging (§1.7).
@@ -291,7 +310,11 @@ class TwoPointZO(ZOOptimizer):
         return self.param_groups[0]["eps"]
 
     def _update(self, seed: int, g: float) -> None:
-        raise NotImplementedError  # abstract: the fused restore + update pass P3
+        """The restore + update pass P3: tensor by tensor through `_update_tensor` unless the algorithm fuses it
+        (MeZO's one `axpy_all_`, TeZO's low-rank passes)."""
+        self.engine.count_pass()
+        for i in range(len(self._tensors)):
+            self._update_tensor(i, seed, g, self.t)
 
     def _apply_record(self, seed: int, record: dict[str, Any]) -> None:
         if self.tensorwise:
@@ -303,27 +326,19 @@ class TwoPointZO(ZOOptimizer):
             self._update(seed, record["projected_grad"])
 
     def _tensor_update(self, index: int, seed: int, g: float, t: int) -> None:
-        """P3 of one tensor as an offloaded step applies it: stochastic rounding (if on) draws its bits from a seed
-        of its own, so the result does not depend on the order the tensors are visited in."""
-        with stochastic_rounding(mix(seed, index), self.stochastic_rounding):
+        """P3 of one tensor as an offloaded step applies it (`tensor_rounding`)."""
+        with self.tensor_rounding(seed, index):
             self._update_tensor(index, seed, g, t)
 
     def _offloaded_step(self, closure: Closure, seed: int) -> float:
-        """The same step with the blocks streamed (`zoft.offload`): both probes in one visit of each block, P3
-        deferred to the next visit."""
-        eps, offloader = self.eps, self.offloader
-        loss_plus, loss_minus = offloader.probe(closure, seed, [eps, -2.0 * eps])
-        self.forwards += 2
-        self.engine.passes += 3  # P1, P2 and (deferred) P3, as in the resident step
-
-        def restore() -> None:
-            offloader.defer(lambda i: self.perturb_tensor(i, seed, eps))
-
+        """The same step with the blocks streamed: both probes in one visit of each block, P3 deferred."""
+        eps = self.eps
+        (loss_plus, loss_minus), restore = self._offloaded_probes(closure, seed, [eps, -2.0 * eps])
         check_finite(self, (loss_plus, loss_minus), restore=restore)
         g = (loss_plus - loss_minus) / (2.0 * eps)
         check_finite(self, (g,), restore=restore, what="projected gradient")
         t = self.t
-        offloader.defer(lambda i: self._tensor_update(i, seed, g, t))
+        self.offloader.defer(lambda i: self._tensor_update(i, seed, g, t))
         self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus}
         return 0.5 * (loss_plus + loss_minus)
 

@@ -34,7 +34,7 @@ from collections.abc import Sequence
 import torch
 
 from zoft.algos.base import Closure, ZOOptimizer, check_finite
-from zoft.perturb import addcdiv_, mix, scale_, stochastic_rounding
+from zoft.perturb import addcdiv_, scale_, stochastic_rounding
 
 _H_MIN, _H_MAX = 1e-12, 1e30
 
@@ -81,6 +81,7 @@ class HiZOO(ZOOptimizer):
     scratch_slots = 2  # √H (or the rebuilt factored H) and the curvature sample
     default_hessian_smooth = 1e-6
     config_keys = ("hessian_smooth", "hessian_schedule", "hessian_estimator", "allow_degenerate")
+    offloadable = True  # H travels with its block; the three probes run through it in lockstep
 
     def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, hessian_smooth: float | None = None,
                  hessian_schedule=None, hessian_estimator: str = "code", allow_degenerate: bool = False,
@@ -139,21 +140,15 @@ class HiZOO(ZOOptimizer):
                 alpha = value
         return alpha
 
-    offloadable = True  # H travels with its block; the three probes run through it in lockstep
-
     @torch.no_grad()
     def perturb_tensor(self, index: int, seed: int, scale: float) -> None:
         """θ_i += scale·z_i/√H_i: tensor i's share of `perturb`, the same arithmetic (the fused kernel where the
         full pass would use it)."""
-        p = self._tensors[index]
         hessians = self._dense_hessians() if self.engine.kind == "philox" else None
         if hessians is not None and self.engine.fused_all():
-            from zoft import kernels
-            from zoft.perturb import tensor_seed
-
-            kernels.launch([p], [tensor_seed(seed, index)], [scale], None, [hessians[index]])
+            self.engine.axpy_one_(index, seed, scale, hessian=hessians[index])
             return
-        addcdiv_(p, self.engine.noise(index, seed), self._sqrt_h(index, 0), scale)
+        addcdiv_(self._tensors[index], self.engine.noise(index, seed), self._sqrt_h(index, 0), scale)
 
     @torch.no_grad()
     def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
@@ -187,20 +182,14 @@ class HiZOO(ZOOptimizer):
     def _offloaded_step(self, closure: Closure, seed: int) -> float:
         """The step with the blocks streamed (`zoft.offload`): L0, L+ and L− in one visit of each block, P3
         deferred to the next visit."""
-        eps, offloader = self.param_groups[0]["eps"], self.offloader
-        loss0, loss_plus, loss_minus = offloader.probe(closure, seed, [0.0, eps, -2.0 * eps])
-        self.forwards += 3
-        self.engine.passes += 3
-
-        def restore() -> None:
-            offloader.defer(lambda i: self.perturb_tensor(i, seed, eps))
-
+        eps = self.param_groups[0]["eps"]
+        (loss0, loss_plus, loss_minus), restore = self._offloaded_probes(closure, seed, [0.0, eps, -2.0 * eps])
         check_finite(self, (loss0, loss_plus, loss_minus), restore=restore)
         g = (loss_plus - loss_minus) / (2.0 * eps)
         c = abs(loss_plus + loss_minus - 2.0 * loss0) / (2.0 * eps * eps)
         check_finite(self, (g, c), restore=restore, what="projected gradient or curvature")
         alpha = self.current_alpha()
-        offloader.defer(lambda i: self._tensor_apply(i, seed, g, c, alpha))
+        self.offloader.defer(lambda i: self._tensor_apply(i, seed, g, c, alpha))
         self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus, "loss0": loss0,
                      "curvature": c, "hessian_smooth": alpha}
         return loss0
@@ -222,7 +211,7 @@ class HiZOO(ZOOptimizer):
         return alpha
 
     def _tensor_apply(self, index: int, seed: int, g: float, c: float, alpha: float) -> None:
-        with stochastic_rounding(mix(seed, index), self.stochastic_rounding):
+        with self.tensor_rounding(seed, index):
             self._apply_one(index, self.engine.noise(index, seed), g, c, alpha)
 
     def _apply_one(self, i: int, z: torch.Tensor, g: float, c: float, alpha: float) -> None:

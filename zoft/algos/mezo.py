@@ -65,6 +65,7 @@ class ZOSGDMomentum(TwoPointZO):
     paper = "Zhang et al. 2024 (ZO-Bench), arXiv 2402.11592"
     state_desc = "d fp32 (momentum)"
     config_keys = ("momentum",)
+    offloadable = True  # the momentum buffer travels with its block
     default_lr = 1e-7  # the buffer sums ~1/(1−β) = 10 steps, so MeZO's 1e-6 becomes 1e-7 (ZO-Bench grid 1e-5…1e-8)
     default_momentum = 0.9
 
@@ -74,13 +75,6 @@ class ZOSGDMomentum(TwoPointZO):
                          momentum=resolve_momentum(momentum, self.default_momentum))
         for p in self._tensors:
             self.state[p]["momentum_buffer"] = torch.zeros(p.shape, dtype=state_dtype(p), device=p.device)
-
-    offloadable = True  # the momentum buffer travels with its block
-
-    def _update(self, seed: int, g: float) -> None:
-        self.engine.count_pass()
-        for i in range(len(self._tensors)):
-            self._update_tensor(i, seed, g, self.t)
 
     def _update_tensor(self, index: int, seed: int, g: float, t: int) -> None:
         p, z = self._tensors[index], self.engine.noise(index, seed)
@@ -105,6 +99,7 @@ class ZOAdam(TwoPointZO):
     state_desc = "2d fp32 (Adam m, v)"
     scratch_slots = 1  # the denominator √v̂ + δ
     config_keys = ("momentum", "beta2", "adam_eps")
+    offloadable = True  # the moments travel with their block
     default_lr = 1e-5  # Adam's step is ≈ η per weight whatever |ĝ|; ZO-Bench OPT grid 1e-5…1e-8
     default_momentum, default_beta2, default_adam_eps = 0.9, 0.999, 1e-8
 
@@ -114,13 +109,6 @@ class ZOAdam(TwoPointZO):
                          **resolve_adam(type(self), momentum, beta2, adam_eps))
         for p in self._tensors:
             self.state[p].update(dense_adam_state(p))
-
-    offloadable = True  # the moments travel with their block
-
-    def _update(self, seed: int, g: float) -> None:
-        self.engine.count_pass()
-        for i in range(len(self._tensors)):
-            self._update_tensor(i, seed, g, self.t)
 
     def _update_tensor(self, index: int, seed: int, g: float, t: int) -> None:
         p, group = self._tensors[index], self.hyper(index)
