@@ -38,7 +38,7 @@ def main() -> None:
                     continue
                 r = estimate(MemoryRequest(model=str(CONFIGS / name), algo="mezo", mode=mode, dtype="bfloat16",
                                            device="cuda", batch_size=args.batch_size, seq_len=args.seq_len,
-                                           quantize=quant))
+                                           load_in_8bit=quant == "8bit", load_in_4bit=quant == "4bit"))
                 off = estimate(MemoryRequest(model=str(CONFIGS / name), algo="mezo", mode=mode, dtype="bfloat16",
                                              device="cuda", batch_size=args.batch_size, seq_len=args.seq_len,
                                              offload="cpu")) if mode in ("full", "lora") and not quant else None

@@ -31,7 +31,7 @@ import torch  # noqa: E402
 
 from zoft.algos import MeZO  # noqa: E402
 from zoft.models import load_model  # noqa: E402
-from zoft.perturb import PerturbationEngine, add_, drop_residuals, step_seed, stochastic_rounding  # noqa: E402
+from zoft.perturb import PerturbationEngine, step_seed  # noqa: E402
 
 DTYPES = {"bfloat16": torch.bfloat16, "float16": torch.float16}
 
@@ -68,10 +68,10 @@ def lost_updates(weights: list[torch.Tensor], lr: float, g: float) -> dict[str, 
         z = eng.noise(i, step_seed(0, 0))
         exact = (-lr * g) * z
         near = w.clone()
-        add_(near, z, -lr * g)
+        eng.ops.add_(near, z, -lr * g)
         sr = w.clone()
-        with stochastic_rounding(1):
-            add_(sr, z, -lr * g)
+        with eng.rounding(1):
+            eng.ops.add_(sr, z, -lr * g)
         unchanged += int((near == w).sum())
         total += w.numel()
         sign = exact.sign()
@@ -105,7 +105,6 @@ def loss_drift(n: int, eps: float) -> None:
             opt.step(lambda: 0.0)
             if k in (10, 100, n):
                 row[f"loss_after_{k}"] = loss()
-        drop_residuals()
         rows.append(row)
         print(row, flush=True)
     print(json.dumps({"model": "SmolLM2-135M bf16", "eps": eps, "cycles": n, "rows": rows}))
@@ -129,7 +128,6 @@ def main() -> None:
             t = time.perf_counter()
             for row in cycles(weights, args.cycles, args.eps, update):
                 result["drift"].append({"dtype": name, "rounding": update, **row})
-            drop_residuals()
             print(f"{name} {update}: {args.cycles} cycles in {time.perf_counter() - t:.0f} s", flush=True)
         for lr in (1e-6, 1e-7):
             result["lost"].append({"dtype": name, **lost_updates(weights, lr, 3.0)})

@@ -21,8 +21,8 @@ import time
 import torch
 
 from zoft.algos import ALGORITHMS
-from zoft.algos.base import trainable_parameters
-from zoft.offload import Offloader
+from zoft.algos import trainable_parameters
+from zoft.offload import attach
 
 
 def build(args):
@@ -44,7 +44,7 @@ def run(model, device, offload: bool, args) -> dict:
         model.to(device)
     opt = ALGORITHMS[args.algo](trainable_parameters(model), lr=1e-6, eps=1e-3)
     opt.stochastic_rounding = model.dtype != torch.float32
-    off = Offloader(model, opt, device) if offload else None
+    off = attach(model, opt, device) if offload else None
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(3, model.config.vocab_size, (args.batch_size, args.seq_len), generator=g).to(device)
 
@@ -64,8 +64,7 @@ def run(model, device, offload: bool, args) -> dict:
         loss = opt.step(closure)
     sync()
     step_s = (time.perf_counter() - t0) / args.steps
-    if off is not None:
-        off.flush()
+    opt.runner.flush()
     with torch.inference_mode():  # two plain forwards: the floor a ZO step cannot go below
         sync()
         t0 = time.perf_counter()

@@ -71,8 +71,8 @@ def test_modes_and_quantized_bases_count_what_zoft_modes_builds(tiny_model_dirs,
         assert est["trainable_params"] == sum(p.numel() for _, p in trainable_parameters(built)), mode
         assert est["components"]["weights"] == full["components"]["weights"] + 4 * est["trainable_params"]
         assert est["first_order_adamw"]["adam moments"] == 8 * est["trainable_params"]
-    q8 = estimate(MemoryRequest(model=path, dtype="float32", mode="lora", quantize="8bit"))
-    q4 = estimate(MemoryRequest(model=path, dtype="float32", mode="lora", quantize="4bit"))
+    q8 = estimate(MemoryRequest(model=path, dtype="float32", mode="lora", load_in_8bit=True))
+    q4 = estimate(MemoryRequest(model=path, dtype="float32", mode="lora", load_in_4bit=True))
     assert q4["components"]["weights"] < q8["components"]["weights"] < full["components"]["weights"]
 
 
@@ -125,7 +125,7 @@ def test_offload_counts_three_blocks_on_the_gpu_and_the_rest_on_the_host(tiny_mo
     assert off["components"]["weights"] == plain["components"]["weights"] + block
     embed = model.get_input_embeddings().weight  # tied to the head: its + copy is a step temporary
     assert off["components"]["step temporaries"] == plain["components"]["step temporaries"] + embed.numel() * 4
-    for args, needle in ((["--algo", "tezo"], "offload supports --algo mezo"),
+    for args, needle in ((["--algo", "fo-adam"], "offload supports --algo mezo"),
                          (["--device", "cpu"], "estimate it with --device cuda"),
                          (["--offload", "disk"], "--offload disk")):
         result = runner.invoke(app, ["estimate-memory", str(config_only), "--offload", "cpu", *args])

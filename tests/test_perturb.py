@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from zoft.perturb import PerturbationEngine, mix, step_seed, tensor_seed
+from zoft.perturb import InPlace, PerturbationEngine, mix, step_seed, tensor_seed
 
 
 def test_mix_is_a_stable_63_bit_hash():
@@ -79,7 +79,7 @@ def _hwm_mib() -> float:
 
 
 def test_mixed_dtype_updates_are_chunked_identical_and_bounded():
-    from zoft.perturb import add_, addcdiv_
+    ops = InPlace()
 
     n = 6_000_000  # 12 MB of bf16; torch's own mixed-dtype add would hold ~46 MiB of fp32 temporaries
     p = torch.randn(n, generator=torch.Generator().manual_seed(0)).to(torch.bfloat16)
@@ -91,8 +91,8 @@ def test_mixed_dtype_updates_are_chunked_identical_and_bounded():
     with open("/proc/self/clear_refs", "w") as f:
         f.write("5")
     before = _hwm_mib()
-    add_(p, z, 1e-2)
-    addcdiv_(p, z, den, -3e-3)
+    ops.add_(p, z, 1e-2)
+    ops.addcdiv_(p, z, den, -3e-3)
     assert _hwm_mib() - before < 20
     assert torch.equal(p, expected)
 
@@ -184,21 +184,20 @@ def test_small_tensors_use_randn_and_mezo_needs_no_z_buffer_with_the_table():
 # -- stochastic rounding ---------------------------------------------------------------------------------------
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_stochastic_rounding_makes_the_expected_update_unbiased(dtype):
-    from zoft.perturb import add_, stochastic_rounding
-
+    ops = InPlace()
     gen = torch.Generator().manual_seed(0)
     n, trials = 50_000, 400
     p0 = (torch.rand(n, generator=gen) + 0.5).to(dtype)  # weights in [0.5, 1.5): ulp 2^-8..2^-7 (bf16)
     # typical ZO updates, 1e-6..1e-3 with either sign: most are far below half an ulp
     delta = torch.randn(n, generator=gen).sign() * 10 ** (-6 + 3 * torch.rand(n, generator=gen))
     nearest = p0.clone()
-    add_(nearest, delta)
+    ops.add_(nearest, delta)
     assert (nearest != p0).float().mean() < (0.02 if dtype == torch.bfloat16 else 0.3)  # nearest drops them
     total = torch.zeros(n, dtype=torch.float64)
     for t in range(trials):
         p = p0.clone()
-        with stochastic_rounding(t):
-            add_(p, delta)
+        with ops.stochastic(t):
+            ops.add_(p, delta)
         total += p.double() - p0.double()
     mean = total / trials
     # the expected update, projected on the update's signs, equals the exact one to within the trials' sampling
@@ -211,48 +210,52 @@ def test_stochastic_rounding_makes_the_expected_update_unbiased(dtype):
 
 
 def test_stochastic_rounding_is_seeded_and_only_inside_its_block():
-    from zoft.perturb import add_, stochastic_rounding
-
+    ops = InPlace()
     p0 = torch.linspace(0.5, 1.5, 10_000).bfloat16()
     z = torch.full((10_000,), 1e-3)
     runs = []
     for seed in (1, 1, 2):
         p = p0.clone()
-        with stochastic_rounding(seed):
-            add_(p, z)
+        with ops.stochastic(seed):
+            ops.add_(p, z)
         runs.append(p)
     assert torch.equal(runs[0], runs[1]) and not torch.equal(runs[0], runs[2])
     p = p0.clone()
-    add_(p, z)
+    ops.add_(p, z)
     expected = p0.clone()
     expected.add_(z)
     assert torch.equal(p, expected)  # outside: round to nearest, as torch
+    other = InPlace()  # the switch belongs to one engine's ops: another's updates are not rounded stochastically
+    with ops.stochastic(1):
+        p = p0.clone()
+        other.add_(p, z)
+    assert torch.equal(p, expected)
 
 
 def test_fused_table_axpy_rounds_stochastically_like_add():
-    from zoft.perturb import add_, stochastic_rounding
-
     seed = step_seed(0, 1)
     p0 = torch.randn(BIG, generator=torch.Generator().manual_seed(3)).bfloat16()
     fused, plain = p0.clone(), p0.clone()
     eng = PerturbationEngine([fused])
-    with stochastic_rounding(9):
+    with eng.rounding(9):
         eng.axpy_(0, seed, 1e-4)
-    with stochastic_rounding(9):
-        add_(plain, PerturbationEngine([plain]).noise(0, seed), 1e-4)
+    other = PerturbationEngine([plain])
+    with other.rounding(9):
+        other.ops.add_(plain, other.noise(0, seed), 1e-4)
     assert torch.equal(fused, plain)
     assert (fused != p0).float().mean() > 0.005  # some of the sub-ulp updates survive
 
 
 # -- exact bf16 ------------------------------------------------------------------------------------------------
 def test_split_and_join_are_exact_and_the_bf16_half_is_nearest():
-    from zoft.perturb import _join, _split
+    from zoft.perturb.residuals import join, split
 
     x = torch.randn(1 << 18, generator=torch.Generator().manual_seed(0)) * torch.logspace(-6, 4, 1 << 18)
     hi, lo = torch.empty(x.shape, dtype=torch.bfloat16), torch.empty(x.shape, dtype=torch.int16)
-    _split(x.clone(), hi, lo)
+    tmp = torch.empty(x.shape, dtype=torch.int32)
+    split(x.clone(), hi, lo, tmp)
     back = torch.empty_like(x)
-    _join(back, hi, lo)
+    join(back, hi, lo, tmp)
     assert torch.equal(back, x)
     assert (hi != x.bfloat16()).float().mean() < 1e-4  # differs from torch's rounding only at ties
 
@@ -260,7 +263,6 @@ def test_split_and_join_are_exact_and_the_bf16_half_is_nearest():
 @pytest.mark.parametrize("algo", ["mezo", "zo-adam", "hizoo", "tezo-adam"])
 def test_exact_bf16_follows_the_fp32_trajectory_bitwise(algo):
     from zoft.algos import ALGORITHMS
-    from zoft.perturb import drop_residuals, master_fp32
 
     gen = torch.Generator().manual_seed(0)
     w0 = torch.randn(300, 256, generator=gen).bfloat16()  # 76 800 elements: table-drawn z
@@ -274,20 +276,19 @@ def test_exact_bf16_follows_the_fp32_trajectory_bitwise(algo):
         opt = ALGORITHMS[algo]([("w", w), ("b.bias", b)], lr=1e-3, eps=1e-2, weight_decay=0.1, **opts)
         if mode == "exact":
             opt.keep_residuals()
+        master = opt.ops.master_fp32
 
         def loss():  # evaluated on the fp32 value in both runs, so both see the same losses
-            return float(((master_fp32(w) if mode == "exact" else w) - target).pow(2).mean())
+            return float(((master(w) if mode == "exact" else w) - target).pow(2).mean())
 
         for _ in range(4):
             opt.step(loss)
-        runs[mode] = [master_fp32(t) if mode == "exact" else t.detach().clone() for t in (w, b)]
-        drop_residuals()
+        runs[mode] = [master(t) if mode == "exact" else t.detach().clone() for t in (w, b)]
     assert all(torch.equal(a, b) for a, b in zip(runs["fp32"], runs["exact"]))
 
 
 def test_exact_bf16_state_survives_a_checkpoint_round_trip():
     from zoft.algos import ALGORITHMS
-    from zoft.perturb import drop_residuals
 
     p = torch.nn.Parameter(torch.randn(70_000).bfloat16(), requires_grad=False)
     opt = ALGORITHMS["mezo"]([p], lr=1e-3, eps=1e-2)
@@ -298,4 +299,3 @@ def test_exact_bf16_state_survives_a_checkpoint_round_trip():
     other = ALGORITHMS["mezo"]([p], lr=1e-3, eps=1e-2)
     with pytest.raises(ValueError, match="--exact-bf16"):
         other.load_state_dict(sd)
-    drop_residuals()

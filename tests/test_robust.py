@@ -48,7 +48,7 @@ def _step_spy(monkeypatch):
         try:
             return real_step(self, closure)
         finally:
-            snapshots[CURRENT["step"]] = [p.detach().clone() for p in self._tensors]
+            snapshots[CURRENT["step"]] = [p.detach().clone() for p in self.tensors]
 
     monkeypatch.setattr(zoft.algos.mezo.MeZO, "step", step)
     return snapshots

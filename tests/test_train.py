@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 import zoft.train
+from zoft.algos import ALGORITHMS
 from zoft.cli import app
 from zoft.scoring import classification_loss, collate, encode_examples
 
@@ -81,15 +82,16 @@ def _weights(path):
     return load_file(path / "model.safetensors")
 
 
+#: flags that make a 6-step tiny run of an algorithm exercise its state (an algorithm not listed runs with none):
+#: every registered algorithm is resumed below, so a new one is covered the day it is registered
 RESUME_OPTIONS = {"hizoo": ("--hessian-smooth", "0.01"), "hizoo-l": ("--hessian-smooth", "0.01"),
-                  "tezo": ("--rank", "4"), "tezo-m": ("--rank", "4"), "tezo-adam": ("--rank", "4"),
-                  "zo-adam": (), "zo-sgd-mmt": (), "mezo": (), "fo-adam": ()}
+                  "tezo": ("--rank", "4"), "tezo-m": ("--rank", "4"), "tezo-adam": ("--rank", "4")}
 
 
-@pytest.mark.parametrize("algo", list(RESUME_OPTIONS))
+@pytest.mark.parametrize("algo", list(ALGORITHMS))
 def test_resume_after_ctrl_c_reproduces_uninterrupted_run(algo, tiny_model_dirs, tmp_path, monkeypatch):
     model_dir = tiny_model_dirs["llama"]
-    extra = RESUME_OPTIONS[algo]
+    extra = RESUME_OPTIONS.get(algo, ())
     common = ("--steps", "6", "--eval-every", "0", "--save-every", "2", "--algo", algo, *extra)
     assert invoke(train_args(model_dir, tmp_path / "a", *common)).exit_code == 0
 
@@ -168,12 +170,6 @@ def test_hizoo_logs_the_state_of_h_at_each_eval(tiny_model_dirs, tmp_path):
     assert evals[0]["log_h_mean"] == pytest.approx(0.0, abs=1e-6)  # H ≡ 1 before training
     assert evals[-1]["log_h_std"] > 0  # H has learned a shape
     assert all(r["forwards"] == 3 * r["step"] for r in evals)
-
-
-def test_every_registered_algorithm_has_resume_coverage():
-    from zoft.algos import ALGORITHMS
-
-    assert set(RESUME_OPTIONS) == set(ALGORITHMS)
 
 
 def test_run_log_reports_state_bytes_and_its_breakdown(tiny_model_dirs, tmp_path):

@@ -6,16 +6,13 @@ that `zoft --help` does not pay for importing torch (~0.8 s).
 
 __version__ = "0.1.0"
 
-_LAZY = {"ALGORITHMS", "HiZOO", "HiZOOL", "MeZO", "NonFiniteLossError", "TeZO", "TeZOAdam", "TeZOM", "ZOAdam",
-         "ZOOptimizer", "ZOSGDMomentum", "trainable_parameters"}
 
 
 def __getattr__(name: str):
-    if name in _LAZY:
+    """`zoft.MeZO`, `zoft.ALGORITHMS`, ...: whatever `zoft.algos` exports (every registered class included)."""
+    if not name.startswith("_"):
         import zoft.algos
 
-        return getattr(zoft.algos, name)
+        if name in zoft.algos.__all__:
+            return getattr(zoft.algos, name)
     raise AttributeError(f"module 'zoft' has no attribute {name!r}")
-
-
-__all__ = ["__version__", *sorted(_LAZY)]

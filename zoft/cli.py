@@ -7,6 +7,7 @@ checkpoint. torch and transformers are imported inside the commands so `zoft --h
 
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import sys
@@ -19,7 +20,8 @@ from rich.console import Console
 from rich.table import Table
 
 from zoft import __version__
-from zoft.config import ConfigError, TrainConfig
+from zoft.errors import ConfigError
+from zoft.flags import lazy
 
 app = typer.Typer(
     name="zoft",
@@ -32,7 +34,6 @@ app = typer.Typer(
 out = Console()                 # results (tables, --json) on stdout
 err = Console(stderr=True)      # progress, info and errors on stderr
 RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
-_D = TrainConfig()              # defaults, shown in --help
 
 
 class Dtype(str, Enum):
@@ -100,245 +101,45 @@ M, DT, Z, TR, CK, HW = "Model", "Data", "ZO algorithm", "Training", "Checkpointi
 MD = "Tuning mode"
 
 
-@app.command(epilog=_TRAIN_EPILOG)
-def train(
-    recipe: Annotated[Optional[Path], typer.Argument(help="Recipe YAML with defaults for any option below; "
-                                                     "flags override it.", show_default=False)] = None,
-    model: Annotated[Optional[str], typer.Option(help="Hub id, local HF model dir, or the embedded offline "
-                                                 "default smollm2-135m.", show_default=_D.model,
-                                                 rich_help_panel=M)] = None,
-    trust_remote_code: Annotated[bool, typer.Option("--trust-remote-code", help="Allow a model that ships its own "
-                                                    "Python code (auto_map) to run it. Off by default: read the "
-                                                    "code first.", rich_help_panel=M)] = False,
-    task: Annotated[Optional[str], typer.Option(help="sst2, rte, cb, boolq, wsc, wic, multirc, copa, record, "
-                                                "squad, drop, sst5, snli, mnli, trec or custom (see `zoft list`).",
-                                                show_default=_D.task, rich_help_panel=DT)] = None,
-    data_dir: Annotated[Optional[str], typer.Option(help="Dir with the task's original files (GLUE tsv, "
-                                                    "SuperGLUE jsonl, SQuAD json/zip, TREC txt, LM-BFF k-shot "
-                                                    "tsv), or 'builtin' for zoft's SST-2 sample. Default: the "
-                                                    "Hub, falling back to the sample offline.",
-                                                    show_default=False, rich_help_panel=DT)] = None,
-    data_file: Annotated[Optional[str], typer.Option(help="Custom task: train jsonl/csv.", show_default=False,
-                                                     rich_help_panel=DT)] = None,
-    eval_file: Annotated[Optional[str], typer.Option(help="Evaluate on this file instead of the task's eval "
-                                                     "split (e.g. snli/dev.jsonl beside a k-shot --data-dir). "
-                                                     "Custom task default: rows of --data-file not sampled.",
-                                                     show_default=False, rich_help_panel=DT)] = None,
-    text_field: Annotated[Optional[str], typer.Option(help="Custom task: text column (default sentence or text).",
-                                                      show_default=False, rich_help_panel=DT)] = None,
-    label_field: Annotated[Optional[str], typer.Option(help="Custom task: label column.",
-                                                       show_default=_D.label_field, rich_help_panel=DT)] = None,
-    verbalizer: Annotated[Optional[str], typer.Option(help="Custom task: label=word pairs, e.g. "
-                                                      "'0=terrible,1=great'.", show_default=False,
-                                                      rich_help_panel=DT)] = None,
-    template: Annotated[Optional[str], typer.Option(help="Custom task: prompt template over the columns, e.g. "
-                                                    "'{sentence} It was'.", show_default=False,
-                                                    rich_help_panel=DT)] = None,
-    prompt_field: Annotated[Optional[str], typer.Option(help="Custom generation task: prompt column (or use "
-                                                        "--template).", show_default="prompt",
-                                                        rich_help_panel=DT)] = None,
-    target_field: Annotated[Optional[str], typer.Option(help="Custom generation task: the column to generate; "
-                                                        "scored by token F1 / exact match.", show_default=False,
-                                                        rich_help_panel=DT)] = None,
-    num_train: Annotated[Optional[int], typer.Option(help="Train examples sampled (MeZO protocol); per label "
-                                                     "with --per-label.", show_default=str(_D.num_train),
-                                                     rich_help_panel=DT)] = None,
-    per_label: Annotated[bool, typer.Option("--per-label", help="k-shot sampling: --num-train (and --num-dev, "
-                                            "default the same) examples per label, as in MeZO's RoBERTa "
-                                            "experiments (k = 16 or 512).", rich_help_panel=DT)] = False,
-    num_dev: Annotated[Optional[int], typer.Option(help="Dev examples (taken from train) for checkpoint "
-                                                   "selection.", show_default="500", rich_help_panel=DT)] = None,
-    num_eval: Annotated[Optional[int], typer.Option(help="Eval examples sampled from the validation split.",
-                                                    show_default=str(_D.num_eval), rich_help_panel=DT)] = None,
-    train_set_seed: Annotated[Optional[int], typer.Option(help="Seed of the train/dev/eval sampling.",
-                                                          show_default=str(_D.train_set_seed),
-                                                          rich_help_panel=DT)] = None,
-    max_length: Annotated[Optional[int], typer.Option(help="Max tokens per sequence (left-truncated).",
-                                                      show_default=str(_D.max_length), rich_help_panel=DT)] = None,
-    mode: Annotated[Optional[str], typer.Option(help="full (every weight), lora (peft LoRA adapters), prefix "
-                                                "(MeZO prefix tuning: 5 key/value vectors per layer from real-token "
-                                                "activations) or prompt (10 soft input embeddings). Other modes "
-                                                "freeze the base; their default lr/eps follow MeZO's grids (LoRA "
-                                                "1e-4/1e-2, prefix 1e-2/1e-1, prompt 1e-3/1e-1).",
-                                                show_default=_D.mode, rich_help_panel=MD)] = None,
-    lora_r: Annotated[Optional[int], typer.Option(help="LoRA rank r.", show_default=str(_D.lora_r),
-                                                  rich_help_panel=MD)] = None,
-    lora_alpha: Annotated[Optional[float], typer.Option(help="LoRA α (scale α/r).", show_default="16",
-                                                        rich_help_panel=MD)] = None,
-    lora_targets: Annotated[Optional[str], typer.Option(help="Comma-separated module names that get LoRA.",
-                                                        show_default=_D.lora_targets, rich_help_panel=MD)] = None,
-    virtual_tokens: Annotated[Optional[int], typer.Option(help="Prefix/prompt length.",
-                                                          show_default="5 prefix, 10 prompt",
-                                                          rich_help_panel=MD)] = None,
-    prefix_init: Annotated[Optional[str], typer.Option(help="Prefix init: activations (the frozen model's keys "
-                                                       "and values on random real tokens, MeZO) or random.",
-                                                       show_default=_D.prefix_init, rich_help_panel=MD)] = None,
-    load_in_8bit: Annotated[bool, typer.Option("--load-in-8bit", help="Quantize the frozen base to int8 "
-                                               "(bitsandbytes); adapter modes only.", rich_help_panel=MD)] = False,
-    load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit", help="Quantize the frozen base to NF4 "
-                                               "(bitsandbytes); adapter modes only.", rich_help_panel=MD)] = False,
-    merge: Annotated[bool, typer.Option("--merge", help="LoRA: write final/ as a plain HF model with the adapter "
-                                        "merged (the adapter stays in final/adapter/).", rich_help_panel=MD)] = False,
-    algo: Annotated[Optional[str], typer.Option(help="mezo (2 forwards, no state: the memory floor); "
-                                                "zo-sgd-mmt / zo-adam (dense momentum / Adam: +1 / +2 fp32 per "
-                                                "weight); hizoo (3 forwards, +1 fp32/weight Hessian: "
-                                                "ill-conditioned problems); hizoo-l (HiZOO with m+n numbers per "
-                                                "matrix); tezo / tezo-m / tezo-adam (rank-r perturbations, "
-                                                "moments in r-space: Adam-style below MeZO's memory); "
-                                                "fo-adam (first-order AdamW with backprop: the reference, "
-                                                "not ZO). See `zoft list`.",
-                                                show_default=_D.algo, rich_help_panel=Z)] = None,
-    objective: Annotated[Optional[str], typer.Option(help="ce (cross-entropy; COPA, ReCoRD and generation tasks: "
-                                                     "on the gold tokens), or a non-differentiable one: accuracy "
-                                                     "(classification) or f1 (generation), minimising minus the "
-                                                     "batch metric (MeZO Table 3).", show_default=_D.objective,
-                                                     rich_help_panel=Z)] = None,
-    lr: Annotated[Optional[float], typer.Option(help="Learning rate (constant). Default: the algorithm's "
-                                                "(MeZO full FT 1e-6).", show_default=False, rich_help_panel=Z)] = None,
-    eps: Annotated[Optional[float], typer.Option(help="Perturbation scale ε.", show_default="1e-3",
-                                                 rich_help_panel=Z)] = None,
-    weight_decay: Annotated[Optional[float], typer.Option(help="Weight decay λ, decoupled (zo-sgd-mmt: L2 added to the momentum, as torch SGD); "
-                                                          "never on 1-D, bias or norm tensors.",
-                                                          show_default="0", rich_help_panel=Z)] = None,
-    noise: Annotated[Optional[str], typer.Option(help="Generator of z: table (windows of a fixed table of "
-                                                 "Gaussian quantiles with random signs, at seeded offsets: a pass "
-                                                 "costs a memory sweep, ~20x cheaper than torch.randn on CPU; "
-                                                 "tables take 44 MiB fp32 / 22 MiB bf16) or randn (torch.randn, "
-                                                 "exact N(0, I)).", show_default=_D.noise,
-                                                 rich_help_panel=Z)] = None,
-    stochastic_rounding: Annotated[bool, typer.Option("--stochastic-rounding", help="Round the update pass "
-                                                      "stochastically so that updates far below half an ulp "
-                                                      "(most of MeZO's in bf16) survive in expectation; "
-                                                      "bfloat16/float16 weights only (no effect in float32).",
-                                                      rich_help_panel=Z)] = False,
-    exact_bf16: Annotated[bool, typer.Option("--exact-bf16", help="Keep the 16 bits that fp32 has beyond "
-                                             "bf16 beside each bf16 weight (+2 bytes/weight): every pass is exact "
-                                             "fp32 arithmetic while forwards run in bf16. Without it bf16 weights "
-                                             "random-walk: 3.8 %% RMS after 100 perturb/restore cycles on "
-                                             "SmolLM2.", rich_help_panel=Z)] = False,
-    hessian_smooth: Annotated[Optional[float], typer.Option(help="HiZOO: EMA coefficient α of the diagonal "
-                                                            "Hessian H.", show_default="1e-6",
-                                                            rich_help_panel=Z)] = None,
-    hessian_schedule: Annotated[Optional[str], typer.Option(help="HiZOO: α by step, piecewise constant, e.g. "
-                                                            "'0:1e-4,2000:1e-6' (overrides --hessian-smooth).",
-                                                            show_default=False, rich_help_panel=Z)] = None,
-    hessian_estimator: Annotated[Optional[str], typer.Option(help="HiZOO curvature sample: code (released "
-                                                             "code, c·H·z²) or paper (|ΔL/2ε²·H·(z²−1)|).",
-                                                             show_default="code", rich_help_panel=Z)] = None,
-    allow_degenerate: Annotated[bool, typer.Option("--allow-degenerate", help="HiZOO: permit α = 0 (H stays 1: "
-                                                   "MeZO with a wasted forward).", rich_help_panel=Z)] = False,
-    momentum: Annotated[Optional[float], typer.Option(help="zo-sgd-mmt, tezo-m: momentum β; zo-adam, tezo-adam: "
-                                                      "β1.", show_default="0.9", rich_help_panel=Z)] = None,
-    beta2: Annotated[Optional[float], typer.Option(help="zo-adam, tezo-adam: β2.", show_default="0.999",
-                                                   rich_help_panel=Z)] = None,
-    adam_eps: Annotated[Optional[float], typer.Option(help="zo-adam, tezo-adam: δ in m̂/(√v̂ + δ).",
-                                                      show_default="1e-8", rich_help_panel=Z)] = None,
-    rank: Annotated[Optional[int], typer.Option(help="TeZO: rank r of each matrix's perturbation (capped at "
-                                                "min(m, n)).", show_default="32", rich_help_panel=Z)] = None,
-    rank_mode: Annotated[Optional[str], typer.Option(help="TeZO: fixed (--rank for every matrix) or spectrum "
-                                                     "(per matrix: singular values ≥ --rank-threshold·σ₁ of the "
-                                                     "pretrained weight, clipped to [--rank-min, --rank-max]; "
-                                                     "zoft's heuristic).", show_default="fixed",
-                                                     rich_help_panel=Z)] = None,
-    rank_threshold: Annotated[Optional[float], typer.Option(help="TeZO spectrum: relative singular-value "
-                                                            "threshold.", show_default="0.5",
-                                                            rich_help_panel=Z)] = None,
-    rank_min: Annotated[Optional[int], typer.Option(help="TeZO spectrum: smallest rank.", show_default="4",
-                                                    rich_help_panel=Z)] = None,
-    rank_max: Annotated[Optional[int], typer.Option(help="TeZO spectrum: per-layer rank cap.", show_default="64",
-                                                    rich_help_panel=Z)] = None,
-    tezo_scale: Annotated[Optional[str], typer.Option(help="TeZO: sqrt-r (Z scaled by 1/√r so E‖Z‖² matches "
-                                                      "MeZO and its lr/eps carry over) or none (the paper as "
-                                                      "written: r× the energy).", show_default="sqrt-r",
-                                                      rich_help_panel=Z)] = None,
-    tezo_factors: Annotated[Optional[str], typer.Option(help="TeZO: cache (keep the U, V factors on the device, "
-                                                        "(m+n)·r fp32 per matrix) or regenerate (draw them in every "
-                                                        "pass: no factor memory, a little more time); same "
-                                                        "trajectory.", show_default="cache",
-                                                        rich_help_panel=Z)] = None,
-    steps: Annotated[Optional[int], typer.Option(help="ZO steps.", show_default=str(_D.steps),
-                                                 rich_help_panel=TR)] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Examples per step.", show_default=str(_D.batch_size),
-                                                      rich_help_panel=TR)] = None,
-    micro_batch_size: Annotated[Optional[int], typer.Option(help="Examples per forward (exact accumulation "
-                                                            "under one perturbation).", show_default="batch size",
-                                                            rich_help_panel=TR)] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Run seed: perturbations and data order.",
-                                                show_default=str(_D.seed), rich_help_panel=TR)] = None,
-    eval_every: Annotated[Optional[int], typer.Option(help="Dev evaluation interval in steps (0: none).",
-                                                      show_default="steps/5", rich_help_panel=TR)] = None,
-    eval_batch_size: Annotated[Optional[int], typer.Option(help="Examples per evaluation forward.",
-                                                           show_default=str(_D.eval_batch_size),
-                                                           rich_help_panel=TR)] = None,
-    log_every: Annotated[Optional[int], typer.Option(help="Metrics/log line interval in steps.",
-                                                     show_default=str(_D.log_every), rich_help_panel=TR)] = None,
-    max_bad_steps: Annotated[Optional[int], typer.Option(help="Stop (exit 3) after this many consecutive steps "
-                                                         "whose loss or projected gradient is NaN/inf; those "
-                                                         "steps are skipped, never applied.",
-                                                         show_default=str(_D.max_bad_steps),
-                                                         rich_help_panel=TR)] = None,
-    output_dir: Annotated[Optional[str], typer.Option("--output-dir", "-o", help="Run dir.",
-                                                      show_default="runs/<algo>-<task>", rich_help_panel=CK)] = None,
-    save_every: Annotated[Optional[int], typer.Option(help="Checkpoint interval in steps (0: only best/ and "
-                                                      "final/).", show_default="eval interval",
-                                                      rich_help_panel=CK)] = None,
-    keep_last: Annotated[Optional[int], typer.Option("--keep-last", "--save-total-limit",
-                                                     help="checkpoint-<step>/ dirs kept (0: all); older ones are "
-                                                     "deleted only after the new one is complete.",
-                                                     show_default=str(_D.keep_last), rich_help_panel=CK)] = None,
-    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace an existing run dir.",
-                                            rich_help_panel=CK)] = False,
-    resume: Annotated[bool, typer.Option("--resume", help="Continue from the run dir's latest checkpoint.",
-                                         rich_help_panel=CK)] = False,
-    dtype: Annotated[Optional[Dtype], typer.Option(help="Weight dtype; auto = float32 on CPU, bfloat16 on CUDA.",
-                                                   show_default=_D.dtype, rich_help_panel=HW)] = None,
-    device: Annotated[Optional[Device], typer.Option(help="Where to run.", show_default=_D.device,
-                                                     rich_help_panel=HW)] = None,
-    device_map: Annotated[Optional[str], typer.Option(help="Shard the model's layers over this machine's GPUs "
-                                                      "with accelerate (auto, balanced, sequential) for models "
-                                                      "larger than one GPU; ZO perturbs each tensor on its own "
-                                                      "device.", show_default=False, rich_help_panel=HW)] = None,
-    offload: Annotated[Optional[str], typer.Option(help="cpu: keep the transformer blocks in pinned CPU memory and "
-                                                   "stream them to the GPU one at a time, every probe per upload "
-                                                   "(ZO2), for models larger than the GPU; MeZO, ZO-SGD-MMT, "
-                                                   "ZO-Adam, HiZOO(-L); full or LoRA; CUDA only.", show_default=False,
-                                                   rich_help_panel=HW)] = None,
-    nproc: Annotated[int, typer.Option(help="Data-parallel processes on this machine: reruns the command under "
-                                       "torchrun (gloo on CPU, NCCL on GPUs); ranks share each step's batch and "
-                                       "all-reduce 2-3 loss scalars per step. Under torchrun already, leave it 1.",
-                                       rich_help_panel=HW)] = 1,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the run summary as JSON.")] = False,
-) -> None:
+def _train_command():
+    """`zoft train`'s real callback: a flag per config field and per algorithm option (`zoft.flags`)."""
+    from zoft.config import TrainConfig
+    from zoft.flags import field_flags, option_flags, recipe_argument, with_signature
+
+    extra = [inspect.Parameter("nproc", inspect.Parameter.KEYWORD_ONLY, default=1, annotation=Annotated[
+                 int, typer.Option(help="Data-parallel processes on this machine: reruns the command under torchrun "
+                                   "(gloo on CPU, NCCL on GPUs); ranks share each step's batch and all-reduce 2-3 loss "
+                                   "scalars per step. Under torchrun already, leave it 1.", rich_help_panel=HW)]),
+             inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+                 bool, typer.Option("--json", help="Print the run summary as JSON.")])]
+    params = [recipe_argument("Recipe YAML (or a run's config.yaml) with defaults for any option below; flags "
+                              "override it."), *field_flags(TrainConfig), *option_flags(), *extra]
+    return with_signature(_train, params)
+
+
+@app.command(epilog=_TRAIN_EPILOG, cls=lazy(_train_command))
+def train() -> None:
     """Fine-tune a causal LM with a zeroth-order algorithm (2–3 forwards per step, no backprop).
 
-    Writes config.yaml, metrics.jsonl, checkpoint-<step>/, best/, final/ (Hugging Face model dirs), eval.json
-    and loss.png to the run dir.
+    Writes config.yaml, metrics.jsonl, trajectory.jsonl, checkpoint-<step>/, best/, final/ (Hugging Face model
+    dirs), eval.json and loss.png to the run dir. Every flag can also be a key of the recipe; a boolean flag's
+    --no- form turns off what a recipe turned on.
     """
-    overrides: dict[str, Any] = {k: v for k, v in locals().items()
-                                 if k not in ("recipe", "as_json", "overwrite", "resume", "allow_degenerate", "nproc",
-                                              "stochastic_rounding", "exact_bf16", "load_in_8bit", "load_in_4bit",
-                                              "merge", "per_label", "trust_remote_code")}
-    overrides = {k: (v.value if isinstance(v, Enum) else v) for k, v in overrides.items()}
-    overrides["overwrite"] = overwrite or None
-    overrides["resume"] = resume or None
-    overrides["allow_degenerate"] = allow_degenerate or None
-    overrides["stochastic_rounding"] = stochastic_rounding or None
-    overrides["exact_bf16"] = exact_bf16 or None
-    overrides["per_label"] = per_label or None
-    overrides["trust_remote_code"] = trust_remote_code or None
-    for flag, value in (("load_in_8bit", load_in_8bit), ("load_in_4bit", load_in_4bit), ("merge", merge)):
-        overrides[flag] = value or None
+
+
+def _train(recipe: Path | None = None, nproc: int = 1, as_json: bool = False, **flags: Any) -> None:
+    """Fine-tune a causal LM with a zeroth-order algorithm (2–3 forwards per step, no backprop)."""
+    from zoft import distributed
+    from zoft.algos import get_algorithm
     from zoft.config import resolve
 
-    try:
-        cfg = resolve(recipe, overrides)
-    except ConfigError as exc:
-        _fail(str(exc))
+    cfg = _guarded(resolve, recipe, flags)
     if nproc < 1:
         _fail(f"--nproc must be >= 1 (got {nproc})")
-    from zoft import distributed
-
     if nproc > 1 and not distributed.launched():
+        if not get_algorithm(cfg.algo).data_parallel:
+            _fail(f"--nproc with --algo {cfg.algo}: it backpropagates, and data-parallel zoft all-reduces losses, "
+                  "not gradients; run it in one process")
         raise typer.Exit(distributed.launch(nproc, _without_nproc(sys.argv[1:])))
     _run_training(cfg, as_json)
 
@@ -377,7 +178,7 @@ def _guarded(fn, *args):
         _fail(f"{type(exc).__name__}: {exc} (rerun with -v for the traceback)", code=1)
 
 
-def _run_training(cfg: TrainConfig, as_json: bool) -> None:
+def _run_training(cfg, as_json: bool) -> None:
     from zoft.progress import Reporter
     from zoft.train import train as run_train
 
@@ -481,8 +282,9 @@ def eval_cmd(
              "gather finished jobs[/]")
 def sweep_cmd(
     recipe: Annotated[Path, typer.Argument(help="Recipe YAML every grid point starts from.")],
-    grid: Annotated[list[str], typer.Option(help="KEY=V1,V2,...: a recipe key (lr, eps, hessian_smooth, seed, "
-                                            "...) and its values; repeat for a product grid.",
+    grid: Annotated[list[str], typer.Option(help="KEY=V1,V2,...: a recipe key (lr, eps, seed, an "
+                                            "algorithm's option, ...) and its values; repeat for a "
+                                            "product grid.",
                                             show_default=False)],
     set_: Annotated[Optional[list[str]], typer.Option("--set", help="KEY=VALUE applied to every point (e.g. "
                                                       "steps=100).", show_default=False)] = None,
@@ -553,92 +355,66 @@ def replay_cmd(
                   f"(from a {result['trajectory_bytes']:,}-byte trajectory)", highlight=False)
 
 
-@app.command("estimate-memory", epilog="[bold]Examples[/]\n\n  zoft estimate-memory facebook/opt-13b --algo "
-             "hizoo --gpu-memory 80GB\n\n  zoft estimate-memory smollm2-135m --algo tezo-adam --device cpu "
-             "--dtype float32 --json")
-def estimate_memory_cmd(
-    model: Annotated[str, typer.Argument(help="Hub id (cached or reachable), local HF model dir, or smollm2-135m. "
-                                         "Only its config is read.")],
-    algo: Annotated[str, typer.Option(help="ZO algorithm (see `zoft list`).", rich_help_panel=Z)] = "mezo",
-    mode: Annotated[str, typer.Option(help="Tuning mode: full, lora, prefix or prompt.", rich_help_panel=MD)] = "full",
-    load_in_8bit: Annotated[bool, typer.Option("--load-in-8bit", help="int8 base (bitsandbytes).",
-                                               rich_help_panel=MD)] = False,
-    load_in_4bit: Annotated[bool, typer.Option("--load-in-4bit", help="NF4 base (bitsandbytes).",
-                                               rich_help_panel=MD)] = False,
-    lora_r: Annotated[int, typer.Option(help="LoRA rank.", rich_help_panel=MD)] = 8,
-    lora_targets: Annotated[str, typer.Option(help="Modules with LoRA.", rich_help_panel=MD)] = "q_proj,v_proj",
-    virtual_tokens: Annotated[Optional[int], typer.Option(help="Prefix/prompt length.", show_default="5 prefix, "
-                                                          "10 prompt", rich_help_panel=MD)] = None,
-    dtype: Annotated[Dtype, typer.Option(help="Weight dtype (auto = bfloat16 on CUDA, float32 on CPU).",
-                                         rich_help_panel=HW)] = Dtype.auto,
-    device: Annotated[Device, typer.Option(help="Where the run will be (cpu adds the process runtime and "
-                                           "materialised attention scores; auto: this machine's).",
-                                           rich_help_panel=HW)] = Device.cuda,
-    batch_size: Annotated[int, typer.Option(help="Examples per forward.", rich_help_panel=TR)] = 16,
-    rows_per_example: Annotated[int, typer.Option(help="Sequences per example: 1 when candidates are single "
-                                                  "tokens (SST-2, RTE, BoolQ), else the number of candidates.",
-                                                  rich_help_panel=TR)] = 1,
-    seq_len: Annotated[int, typer.Option(help="Tokens per sequence (padded length).", rich_help_panel=TR)] = 256,
-    gpu_memory: Annotated[Optional[str], typer.Option(help="Memory of the target device, e.g. 80GB: says "
-                                                      "whether the run fits.", show_default=False,
-                                                      rich_help_panel=HW)] = None,
-    noise: Annotated[str, typer.Option(help="z generator of the run: table (44 MiB fp32 / 22 MiB bf16 of "
-                                       "tables), philox (none) or randn (a z buffer as large as the largest "
-                                       "tensor).", rich_help_panel=Z)] = "table",
-    exact_bf16: Annotated[bool, typer.Option("--exact-bf16", help="Count 16-bit residuals for bf16 weights "
-                                             "(2 bytes per weight).", rich_help_panel=Z)] = False,
-    offload: Annotated[Optional[str], typer.Option(help="cpu: the run keeps its blocks in host memory (zoft train "
-                                                   "--offload cpu); GPU figures count the resident modules and "
-                                                   "three blocks, and the host memory is shown.",
-                                                   show_default=False, rich_help_panel=HW)] = None,
-    as_json: Annotated[bool, typer.Option("--json", help="Print the estimate as JSON.")] = False,
-) -> None:
+def _estimate_command():
+    """`zoft estimate-memory`'s real callback: a flag per request field and per algorithm option."""
+    from zoft.flags import field_flags, option_flags, with_signature
+    from zoft.memory import MemoryRequest
+
+    model = inspect.Parameter("model", inspect.Parameter.POSITIONAL_OR_KEYWORD, annotation=Annotated[
+        str, typer.Argument(help="Hub id (cached or reachable), local HF model dir, or smollm2-135m. Only its "
+                                 "config is read.")])
+    as_json = inspect.Parameter("as_json", inspect.Parameter.KEYWORD_ONLY, default=False, annotation=Annotated[
+        bool, typer.Option("--json", help="Print the estimate as JSON.")])
+    return with_signature(_estimate, [model, *field_flags(MemoryRequest), *option_flags(), as_json])
+
+
+@app.command("estimate-memory", cls=lazy(_estimate_command),
+             epilog="[bold]Examples[/]\n\n  zoft estimate-memory facebook/opt-13b --algo hizoo --gpu-memory 80GB\n\n"
+                    "  zoft estimate-memory smollm2-135m --algo tezo-adam --rank 8 --device cpu --json")
+def estimate_memory_cmd() -> None:
     """Estimate the memory of a ZO run before launch, next to first-order AdamW fine-tuning.
 
     Builds the model on the meta device (no weights are downloaded or allocated) and counts weights, the
-    algorithm's state and step temporaries, one forward's activations and the kept logits.
+    algorithm's state and step temporaries (from its own code, with its options), one forward's activations and
+    the kept logits.
     """
+
+
+def _estimate(model: str, as_json: bool = False, **flags: Any) -> None:
+    from zoft.algos import check_owners, option_table
     from zoft.memory import MemoryRequest, estimate
 
-    if device == Device.auto:
-        import torch
-
-        device = Device.cuda if torch.cuda.is_available() else Device.cpu
-    dt = dtype.value if dtype != Dtype.auto else ("bfloat16" if device != Device.cpu else "float32")
-    req = MemoryRequest(model=model, algo=algo, mode=mode, dtype=dt, device=device.value, batch_size=batch_size,
-                        rows_per_example=rows_per_example, seq_len=seq_len, gpu_memory=gpu_memory, noise=noise,
-                        exact_bf16=exact_bf16, lora_r=lora_r, virtual_tokens=virtual_tokens,
-                        lora_targets=tuple(t.strip() for t in lora_targets.split(",") if t.strip()),
-                        quantize="8bit" if load_in_8bit else "4bit" if load_in_4bit else None, offload=offload)
-    if load_in_8bit and load_in_4bit:
-        _fail("--load-in-8bit and --load-in-4bit contradict each other; keep one")
+    options = {k: flags.pop(k) for k in list(flags) if k in option_table() and flags[k] is not None}
+    req = MemoryRequest(model=model, **{k: v for k, v in flags.items() if v is not None}, options=options)
+    _guarded(check_owners, req.algo, options, tuple(options))
     result = _guarded(estimate, req)
     if as_json:
         out.print_json(json.dumps(result))
         return
+    _print_estimate(result)
+
+
+def _print_estimate(result: dict[str, Any]) -> None:
     gib = lambda b: f"{b / 2**30:,.2f}"  # noqa: E731
     base = f"{result['quantize']} base, " if result["quantize"] else ""
     table = Table(title=f"{result['model']}: {result['algo']} ({result['mode']}, {base}{result['dtype']}, "
                         f"{result['device']}), {result['rows']} rows × {result['seq_len']} tokens, "
-                        f"{result['trainable_params']:,} trainable",
-                  title_justify="left")
+                        f"{result['trainable_params']:,} trainable", title_justify="left")
+    run = "first-order run" if result["first_order"] else "ZO"
     table.add_column("component")
-    table.add_column("ZO GiB", justify="right")
+    table.add_column(f"{run} GiB", justify="right")
     table.add_column("first-order AdamW GiB", justify="right")
-    fo = result["first_order_adamw"]
-    table.add_row("weights", gib(result["components"]["weights"]), gib(fo["weights"]))
-    table.add_row("optimizer state", gib(result["components"]["optimizer state"]),
-                  gib(fo["adam moments"]) + " (moments)")
-    if "exact-bf16 residuals" in result["components"]:
-        table.add_row("exact-bf16 residuals", gib(result["components"]["exact-bf16 residuals"]), "—")
-    table.add_row("gradients", gib(result["components"]["gradients"]) if "gradients" in result["components"]
-                  else "—", gib(fo["gradients"]))
-    table.add_row("step temporaries", gib(result["components"]["step temporaries"]), "—")
-    table.add_row("activations", gib(result["components"]["activations"]), gib(fo["activations"]) + " (saved)")
-    table.add_row("logits", gib(result["components"]["logits"]), gib(fo["logits"]))
-    if "runtime" in result["components"]:
-        table.add_row("runtime (Python, torch)", gib(result["components"]["runtime"]),
-                      gib(result["components"]["runtime"]))
+    fo, parts = result["first_order_adamw"], result["components"]
+    table.add_row("weights", gib(parts["weights"]), gib(fo["weights"]))
+    table.add_row("optimizer state", gib(parts["optimizer state"]), gib(fo["adam moments"]) + " (moments)")
+    if "exact-bf16 residuals" in parts:
+        table.add_row("exact-bf16 residuals", gib(parts["exact-bf16 residuals"]), "—")
+    table.add_row("gradients", gib(parts["gradients"]) if "gradients" in parts else "—", gib(fo["gradients"]))
+    table.add_row("step temporaries", gib(parts["step temporaries"]), "—")
+    table.add_row("activations", gib(parts["activations"]), gib(fo["activations"]) + " (saved)")
+    table.add_row("logits", gib(parts["logits"]), gib(fo["logits"]))
+    if "runtime" in parts:
+        table.add_row("runtime (Python, torch)", gib(parts["runtime"]), gib(parts["runtime"]))
     table.add_row("[bold]total[/]", f"[bold]{gib(result['total'])}[/]", f"[bold]{gib(fo['total'])}[/]")
     out.print(table)
     if result["offload"]:
@@ -646,8 +422,15 @@ def estimate_memory_cmd(
                   "figures count the modules outside them and three blocks")
     if result["gpu_memory"] is not None:
         verdict = lambda ok: "[green]fits[/]" if ok else "[red]does not fit[/]"  # noqa: E731
-        out.print(f"on {gib(result['gpu_memory'])} GiB: ZO {verdict(result['fits'])}, first-order AdamW "
+        out.print(f"on {gib(result['gpu_memory'])} GiB: {run} {verdict(result['fits'])}, first-order AdamW "
                   f"{verdict(result['first_order_fits'])}")
+
+
+def _as_flag(name: str, value: Any) -> str:
+    dashed = name.replace("_", "-")
+    if isinstance(value, bool):
+        return f"--{dashed}" if value else f"--no-{dashed}"
+    return f"--{dashed} {value:g}" if isinstance(value, float) else f"--{dashed} {value}"
 
 
 @app.command("list", epilog="[bold]Examples[/]\n\n  zoft list\n\n  zoft list --model smollm2-135m --json   "
@@ -665,11 +448,13 @@ def list_cmd(
     if as_json:
         out.print_json(json.dumps(data))
         return
-    algo_columns = ("name", "forwards_per_step", "state", "summary", "paper")
+    for row in data["algorithms"]:  # each option at its default, as a flag
+        row["flags"] = " ".join(_as_flag(k, v) for k, v in row["options"].items() if v is not None)
+    algo_columns = ("name", "forwards_per_step", "state", "flags", "summary", "paper")
     if model is not None:
         for row in data["algorithms"]:
             row["state_MiB"] = f"{row['state_bytes'] / 2**20:,.1f}"
-        algo_columns = ("name", "forwards_per_step", "state", "state_MiB", "summary")
+        algo_columns = ("name", "forwards_per_step", "state", "state_MiB", "flags", "summary")
     for title, rows, columns in (
         ("Algorithms", data["algorithms"], algo_columns),
         ("Tasks", data["tasks"], ("name", "metric", "description")),

@@ -1,15 +1,17 @@
 """One typed training config from three sources: defaults < recipe YAML < command-line flags.
 
-Every field's docstring-like comment in `TrainConfig` is the meaning of the flag of the same name
-(`num_train` ↔ `--num-train`). A recipe is a YAML mapping of these keys; unknown keys and wrong types are errors
-that name the key. The fully resolved config is written to `<output_dir>/config.yaml` and is itself a recipe:
-`zoft train runs/x/config.yaml` reruns the same experiment.
+Each `TrainConfig` field carries its help text and its `--help` panel; `zoft train`'s flags are generated from
+these fields (`num_train` ↔ `--num-train`) and from the algorithms' declared options (`zoft.algos.option_table`),
+which a recipe gives as top-level keys too and the config keeps in `algo_options`. A recipe is a YAML mapping of
+these keys; unknown keys and wrong types are errors that name the key. The fully resolved config is written to
+`<output_dir>/config.yaml` and is itself a recipe: `zoft train runs/x/config.yaml` reruns the same experiment.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import difflib
+import math
 import types
 import typing
 from dataclasses import dataclass, fields
@@ -18,105 +20,161 @@ from typing import Any
 
 import yaml
 
+from zoft.errors import ConfigError
 
-class ConfigError(ValueError):
-    """A user-fixable problem with flags, a recipe or an input path (the CLI exits with code 2)."""
-
+__all__ = ["ConfigError", "TrainConfig", "check_keys", "check_value", "finalize", "known_keys", "load_recipe",
+           "resolve", "to_yaml", "trajectory_keys", "validate"]
 
 DTYPES = ("auto", "float32", "bfloat16", "float16")
 DEVICES = ("auto", "cpu", "cuda")
+MODEL, DATA, MODE, ALGO, TRAIN, CKPT, HARDWARE = ("Model", "Data", "Tuning mode", "ZO algorithm", "Training",
+                                                 "Checkpointing", "Hardware")
+
+
+def knob(default: Any, help: str, panel: str, show: str | bool | None = None, flags: tuple[str, ...] = (),
+         trajectory: bool = False) -> Any:
+    """A config field with its `--help` text and panel. `show`: the default as `--help` shows it (None: the value;
+    False: none); `flags`: more names of the flag (`-o`); `trajectory`: the value changes the run's trajectory, so
+    a resume must keep it."""
+    return dataclasses.field(default=default, metadata={"help": help, "panel": panel, "show": show, "flags": flags,
+                                                        "trajectory": trajectory})
 
 
 @dataclass
 class TrainConfig:
-    """All knobs of `zoft train`; see `zoft train --help` for each flag's meaning."""
+    """All knobs of `zoft train`; each field's help is the help of its flag."""
 
     # Model
-    model: str = "smollm2-135m"         # hub id, local HF dir, or the embedded alias smollm2-135m
-    trust_remote_code: bool = False     # allow a model's own Python code (auto_map); off unless asked for
+    model: str = knob("smollm2-135m", "Hub id, local HF model dir, or the embedded offline default smollm2-135m.",
+                      MODEL, trajectory=True)
+    trust_remote_code: bool = knob(False, "Allow a model that ships its own Python code (auto_map) to run it. Off "
+                                   "by default: read the code first.", MODEL)
     # Data
-    task: str = "sst2"
-    data_dir: str | None = None         # dir with the task's original files, or "builtin" for the shipped sample
-    data_file: str | None = None        # custom task: train jsonl/csv
-    eval_file: str | None = None        # file to evaluate on instead of the eval split (custom: default = rows of
-                                        # data_file not sampled)
-    text_field: str | None = None
-    label_field: str = "label"
-    verbalizer: str | None = None       # custom task: "0=terrible,1=great"
-    template: str | None = None         # custom task: "{sentence} It was"
-    prompt_field: str | None = None     # custom generation task: prompt column (default prompt)
-    target_field: str | None = None     # custom generation task: target column (makes the task a generation one)
-    num_train: int = 1000               # MeZO protocol: 1000 train / 500 dev / 1000 eval
-    num_dev: int | None = None          # None → the task's default (500; CB and COPA 100; --per-label: num_train)
-    per_label: bool = False             # k-shot: num_train / num_dev are per label (RoBERTa experiments)
-    num_eval: int = 1000
-    train_set_seed: int = 0             # seed of the train/dev/eval sampling permutation
-    max_length: int = 2048              # tokens per sequence, left-truncated keeping BOS
+    task: str = knob("sst2", "sst2, rte, cb, boolq, wsc, wic, multirc, copa, record, squad, drop, sst5, snli, mnli, "
+                     "trec or custom (see `zoft list`).", DATA, trajectory=True)
+    data_dir: str | None = knob(None, "Dir with the task's original files (GLUE tsv, SuperGLUE jsonl, SQuAD "
+                                "json/zip, TREC txt, LM-BFF k-shot tsv), or 'builtin' for zoft's SST-2 sample. "
+                                "Default: the Hub, falling back to the sample offline.", DATA, False, trajectory=True)
+    data_file: str | None = knob(None, "Custom task: train jsonl/csv.", DATA, False, trajectory=True)
+    eval_file: str | None = knob(None, "Evaluate on this file instead of the task's eval split (e.g. "
+                                 "snli/dev.jsonl beside a k-shot --data-dir). Custom task default: rows of "
+                                 "--data-file not sampled.", DATA, False)
+    text_field: str | None = knob(None, "Custom task: text column (default sentence or text).", DATA, False,
+                                  trajectory=True)
+    label_field: str = knob("label", "Custom task: label column.", DATA, trajectory=True)
+    verbalizer: str | None = knob(None, "Custom task: label=word pairs, e.g. '0=terrible,1=great'.", DATA, False,
+                                  trajectory=True)
+    template: str | None = knob(None, "Custom task: prompt template over the columns, e.g. '{sentence} It was'.",
+                                DATA, False, trajectory=True)
+    prompt_field: str | None = knob(None, "Custom generation task: prompt column (or use --template).", DATA,
+                                    "prompt", trajectory=True)
+    target_field: str | None = knob(None, "Custom generation task: the column to generate; scored by token F1 / "
+                                    "exact match.", DATA, False, trajectory=True)
+    num_train: int = knob(1000, "Train examples sampled (MeZO protocol); per label with --per-label.", DATA,
+                          trajectory=True)
+    num_dev: int | None = knob(None, "Dev examples (taken from train) for checkpoint selection.", DATA,
+                               "500; CB, COPA 100; --per-label: --num-train", trajectory=True)
+    per_label: bool = knob(False, "k-shot sampling: --num-train (and --num-dev, default the same) examples per "
+                           "label, as in MeZO's RoBERTa experiments (k = 16 or 512).", DATA, trajectory=True)
+    num_eval: int = knob(1000, "Eval examples sampled from the validation split.", DATA)
+    train_set_seed: int = knob(0, "Seed of the train/dev/eval sampling.", DATA, trajectory=True)
+    max_length: int = knob(2048, "Max tokens per sequence (left-truncated, keeping BOS).", DATA, trajectory=True)
     # Tuning mode
-    mode: str = "full"                  # full | lora | prefix | prompt: which tensors ZO perturbs
-    lora_r: int = 8
-    lora_alpha: float = 16.0
-    lora_targets: str = "q_proj,v_proj"  # module names that get LoRA adapters
-    virtual_tokens: int | None = None   # prefix / prompt length; None → 5 (prefix, MeZO) / 10 (prompt)
-    prefix_init: str = "activations"    # prefix: activations (MeZO: K/V of random real tokens) or random
-    load_in_8bit: bool = False          # frozen base quantized with bitsandbytes (adapter modes only)
-    load_in_4bit: bool = False          # NF4 base (adapter modes only)
-    merge: bool = False                 # lora: write final/ merged as a plain HF model (adapter in final/adapter)
+    mode: str = knob("full", "full (every weight), lora (peft LoRA adapters), prefix (MeZO prefix tuning: 5 "
+                     "key/value vectors per layer from real-token activations) or prompt (10 soft input "
+                     "embeddings). Other modes freeze the base; their default lr/eps follow MeZO's grids (LoRA "
+                     "1e-4/1e-2, prefix 1e-2/1e-1, prompt 1e-3/1e-1).", MODE, trajectory=True)
+    lora_r: int = knob(8, "LoRA rank r.", MODE, trajectory=True)
+    lora_alpha: float = knob(16.0, "LoRA α (scale α/r).", MODE, "16", trajectory=True)
+    lora_targets: str = knob("q_proj,v_proj", "Comma-separated module names that get LoRA.", MODE, trajectory=True)
+    virtual_tokens: int | None = knob(None, "Prefix/prompt length.", MODE, "5 prefix, 10 prompt", trajectory=True)
+    prefix_init: str = knob("activations", "Prefix init: activations (the frozen model's keys and values on random "
+                            "real tokens, MeZO) or random.", MODE, trajectory=True)
+    load_in_8bit: bool = knob(False, "Quantize the frozen base to int8 (bitsandbytes); adapter modes only.", MODE,
+                              trajectory=True)
+    load_in_4bit: bool = knob(False, "Quantize the frozen base to NF4 (bitsandbytes); adapter modes only.", MODE,
+                              trajectory=True)
+    merge: bool = knob(False, "LoRA: write final/ as a plain HF model with the adapter merged (the adapter stays in "
+                       "final/adapter/).", MODE)
     # ZO algorithm
-    algo: str = "mezo"
-    objective: str = "ce"               # ce | accuracy | f1: minus the batch metric (non-differentiable, MeZO Table 3)
-    lr: float | None = None             # None → the algorithm's default (MeZO full FT: 1e-6)
-    eps: float | None = None            # None → the algorithm's default (1e-3)
-    weight_decay: float = 0.0
-    noise: str = "table"                # z generator: table (seeded noise-table windows) or randn (torch.randn)
-    stochastic_rounding: bool = False   # round the update pass stochastically (bf16/fp16 weights only)
-    exact_bf16: bool = False            # bf16 weights + 16-bit residuals: the fp32 trajectory, bf16 forwards
-    hessian_smooth: float | None = None  # HiZOO α (EMA of H); None → 1e-6
-    hessian_schedule: str | None = None  # HiZOO piecewise-constant α by step, "0:1e-4,2000:1e-6"
-    hessian_estimator: str = "code"     # HiZOO curvature sample: code (c·H·z², released code) or paper
-    allow_degenerate: bool = False      # HiZOO: permit α = 0 (H frozen at 1: MeZO with a wasted forward)
-    momentum: float | None = None       # β of ZO-SGD-MMT / TeZO-m, β1 of ZO-Adam / TeZO-Adam; None → 0.9
-    beta2: float | None = None          # ZO-Adam / TeZO-Adam β2; None → 0.999
-    adam_eps: float | None = None       # ZO-Adam / TeZO-Adam δ in √v̂ + δ; None → 1e-8
-    rank: int | None = None             # TeZO rank r per matrix (capped at min(m, n)); None → 32
-    rank_mode: str | None = None        # TeZO: fixed (rank for every matrix) or spectrum; None → fixed
-    rank_threshold: float | None = None  # TeZO spectrum: count σ_k ≥ threshold·σ_1; None → 0.5
-    rank_min: int | None = None         # TeZO spectrum: lower clip of r_i; None → 4
-    rank_max: int | None = None         # TeZO spectrum: upper clip (per-layer cap) of r_i; None → 64
-    tezo_scale: str | None = None       # TeZO: sqrt-r (Z scaled by 1/√r, MeZO's grids carry over) or none; None → sqrt-r
-    tezo_factors: str | None = None     # TeZO: cache U, V on the device or regenerate them every pass; None → cache
+    algo: str = knob("mezo", "The algorithm: {algorithms} (`zoft list` says when to pick each; fo-adam is "
+                     "first-order AdamW with backprop, the reference). Its own options are in the panels below.",
+                     ALGO, trajectory=True)
+    objective: str = knob("ce", "ce (cross-entropy; COPA, ReCoRD and generation tasks: on the gold tokens), or a "
+                          "non-differentiable one: accuracy (classification) or f1 (generation), minimising minus "
+                          "the batch metric (MeZO Table 3).", ALGO, trajectory=True)
+    lr: float | None = knob(None, "Learning rate (constant).", ALGO, "the algorithm's (MeZO full FT 1e-6; LoRA, "
+                            "prefix, prompt: the mode's)", trajectory=True)
+    eps: float | None = knob(None, "Perturbation scale ε.", ALGO, "1e-3 (LoRA 1e-2, prefix and prompt 1e-1)",
+                             trajectory=True)
+    weight_decay: float = knob(0.0, "Weight decay λ, decoupled (zo-sgd-mmt: L2 added to the momentum, as torch "
+                               "SGD); never on 1-D, bias or norm tensors.", ALGO, "0", trajectory=True)
+    noise: str = knob("table", "Generator of z: table (windows of a fixed table of Gaussian quantiles with random "
+                      "signs, at seeded offsets: a pass costs a memory sweep, ~20x cheaper than torch.randn on a "
+                      "2-core CPU; tables take 44 MiB fp32 / 22 MiB bf16), philox (a fused Triton kernel makes z "
+                      "in the update's own pass: CUDA only) or randn (torch.randn, exact N(0, I)).", ALGO,
+                      trajectory=True)
+    stochastic_rounding: bool = knob(False, "Round the update pass stochastically so that updates far below half "
+                                     "an ulp (most of MeZO's in bf16) survive in expectation; bfloat16/float16 "
+                                     "weights only (no effect in float32).", ALGO, trajectory=True)
+    exact_bf16: bool = knob(False, "Keep the 16 bits that fp32 has beyond bf16 beside each bf16 weight (+2 "
+                            "bytes/weight): every pass is exact fp32 arithmetic while forwards run in bf16. Without "
+                            "it bf16 weights random-walk: 3.8 % RMS after 100 perturb/restore cycles on SmolLM2.",
+                            ALGO, trajectory=True)
     # Training
-    steps: int = 20000
-    batch_size: int = 16                # examples per step (each expands to one row per candidate)
-    micro_batch_size: int | None = None  # examples per forward; None → batch_size
-    seed: int = 0                       # run seed: perturbation seeds and data order
-    eval_every: int | None = None       # None → steps // 5 (MeZO: 4000 of 20000); 0 → only at the end
-    eval_batch_size: int = 16
-    log_every: int = 10
-    max_bad_steps: int = 3              # stop after this many consecutive steps with a non-finite loss/gradient
+    steps: int = knob(20000, "ZO steps.", TRAIN)
+    batch_size: int = knob(16, "Examples per step (each expands to one row per candidate).", TRAIN, trajectory=True)
+    micro_batch_size: int | None = knob(None, "Examples per forward (exact accumulation under one perturbation).",
+                                        TRAIN, "batch size")
+    seed: int = knob(0, "Run seed: perturbations and data order.", TRAIN, trajectory=True)
+    eval_every: int | None = knob(None, "Dev evaluation interval in steps (0: only at the end).", TRAIN, "steps/5")
+    eval_batch_size: int = knob(16, "Examples per evaluation forward.", TRAIN)
+    log_every: int = knob(10, "Metrics/log line interval in steps.", TRAIN)
+    max_bad_steps: int = knob(3, "Stop (exit 3) after this many consecutive steps whose loss or projected gradient "
+                              "is NaN/inf; those steps are skipped, never applied.", TRAIN)
     # Checkpointing
-    output_dir: str | None = None       # None → runs/<algo>-<task>
-    save_every: int | None = None       # None → eval_every; 0 → only best/ and final/
-    keep_last: int = 2                  # checkpoint-<step>/ dirs kept (0 = all)
-    overwrite: bool = False
-    resume: bool = False
+    output_dir: str | None = knob(None, "Run dir.", CKPT, "runs/<algo>-<task>", flags=("-o",))
+    save_every: int | None = knob(None, "Checkpoint interval in steps (0: only best/ and final/).", CKPT,
+                                  "eval interval")
+    keep_last: int = knob(2, "checkpoint-<step>/ dirs kept (0: all); older ones are deleted only after the new one "
+                          "is complete.", CKPT, flags=("--save-total-limit",))
+    overwrite: bool = knob(False, "Replace an existing run dir.", CKPT)
+    resume: bool = knob(False, "Continue from the run dir's latest checkpoint (none yet: start at step 0).", CKPT)
     # Hardware
-    dtype: str = "auto"                 # auto → float32 on CPU, bfloat16 on CUDA
-    device: str = "auto"
-    device_map: str | None = None       # shard layers over the GPUs with accelerate: auto, balanced, sequential
-    offload: str | None = None          # cpu: blocks live in CPU memory and stream to the GPU (ZO2)
+    dtype: str = knob("auto", "Weight dtype: auto (float32 on CPU, bfloat16 on CUDA), float32, bfloat16 or "
+                      "float16.", HARDWARE, trajectory=True)
+    device: str = knob("auto", "Where to run: auto, cpu, cuda or cuda:N.", HARDWARE)
+    device_map: str | None = knob(None, "Shard the model's layers over this machine's GPUs with accelerate (auto, "
+                                  "balanced, balanced_low_0, sequential) for models larger than one GPU; ZO "
+                                  "perturbs each tensor on its own device.", HARDWARE, False)
+    offload: str | None = knob(None, "cpu: keep the transformer blocks in pinned CPU memory and stream them to the "
+                               "GPU one at a time, every probe per upload (ZO2), for models larger than the GPU; "
+                               "full or LoRA mode; CUDA only.", HARDWARE, False)
+    #: the algorithm's own options (`zoft.algos.option_table`), given as top-level keys in recipes and flags
+    algo_options: dict[str, Any] = dataclasses.field(default_factory=dict, metadata={"cli": False})
 
     def flag(self, name: str) -> str:
         return "--" + name.replace("_", "-")
 
 
-KEYS = tuple(f.name for f in fields(TrainConfig))
+KEYS = tuple(f.name for f in fields(TrainConfig) if f.metadata.get("cli", True))
+FIELDS = {f.name: f for f in fields(TrainConfig) if f.name in KEYS}
 _TYPES = typing.get_type_hints(TrainConfig)
 
 
-def _coerce(key: str, value: Any, source: str) -> Any:
-    """Check `value` against the field's type; YAML 1.1 reads `1e-6` as a string, so numeric strings pass."""
-    hint = _TYPES[key]
+def _options():
+    from zoft.algos import option_table
+
+    return option_table()
+
+
+def known_keys() -> tuple[str, ...]:
+    """Every key a recipe may hold: the config's fields and the algorithms' options."""
+    return KEYS + tuple(_options())
+
+
+def _coerce(key: str, hint: Any, value: Any, source: str) -> Any:
+    """Check `value` against a type hint; YAML 1.1 reads `1e-6` as a string, so numeric strings pass."""
     allowed = typing.get_args(hint) if isinstance(hint, types.UnionType) else (hint,)
     if value is None:
         if type(None) in allowed:
@@ -140,20 +198,42 @@ def _coerce(key: str, value: Any, source: str) -> Any:
     raise ConfigError(f"{source}: key '{key}' must be {names}, got {type(value).__name__} {value!r}")
 
 
+def check_value(key: str, value: Any, source: str) -> Any:
+    """One recipe key's value, type-checked (a config field or an algorithm option); unknown keys are refused with
+    the closest known one."""
+    if key in FIELDS:
+        return _coerce(key, _TYPES[key], value, source)
+    options = _options()
+    if key in options:
+        return _coerce(key, options[key][0].type | None, value, source)
+    keys = known_keys()
+    close = difflib.get_close_matches(str(key), keys, n=1)
+    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+
+
 def check_keys(mapping: dict[str, Any], source: str) -> dict[str, Any]:
-    """Reject unknown keys (suggesting the closest) and coerce types, naming the key."""
-    out = {}
+    """TrainConfig keyword arguments from a flat mapping (a recipe, flags): fields as they are, algorithm options
+    gathered in `algo_options`; types checked and unknown keys refused, naming the key."""
+    out: dict[str, Any] = {}
+    options: dict[str, Any] = {}
     for key, value in mapping.items():
-        if key not in KEYS:
-            close = difflib.get_close_matches(str(key), KEYS, n=1)
-            hint = f" (did you mean '{close[0]}'?)" if close else ""
-            raise ConfigError(f"{source}: unknown key '{key}'{hint}")
-        out[key] = _coerce(key, value, source)
+        if key == "algo_options" and isinstance(value, dict):  # a TrainConfig turned into a dict
+            for name, v in value.items():
+                options[name] = check_value(name, v, source)
+            continue
+        checked = check_value(key, value, source)
+        if key in FIELDS:
+            out[key] = checked
+        else:
+            options[key] = checked
+    if options:
+        out["algo_options"] = options
     return out
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a recipe YAML into checked config keys."""
+    """Read a recipe YAML into checked config keys (algorithm options flat, as written)."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"recipe {path}: no such file")
@@ -163,38 +243,90 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
         raise ConfigError(f"recipe {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
     if not isinstance(data, dict):
         raise ConfigError(f"recipe {path}: must be a mapping of config keys, got {type(data).__name__}")
-    return check_keys(data, f"recipe {path}")
+    return {key: check_value(key, value, f"recipe {path}") for key, value in data.items()}
 
 
 def resolve(recipe: str | Path | None = None, overrides: dict[str, Any] | None = None) -> TrainConfig:
     """defaults < recipe < overrides (None values in overrides mean 'not given'), then validated."""
-    values: dict[str, Any] = {}
-    if recipe is not None:
-        values.update(load_recipe(recipe))
-    given = {k: v for k, v in (overrides or {}).items() if v is not None}
-    values.update(check_keys(given, "command line"))
-    cfg = TrainConfig(**values)
-    validate(cfg)
+    values: dict[str, Any] = dict(load_recipe(recipe)) if recipe is not None else {}
+    given = {k: check_value(k, v, "command line") for k, v in (overrides or {}).items() if v is not None}
+    values.update(given)
+    kwargs = check_keys(values, "command line")
+    if "algo" in kwargs:
+        from zoft.algos import canonical
+
+        kwargs["algo"] = canonical(kwargs["algo"])
+    cfg = TrainConfig(**kwargs)
+    validate(cfg, strict=tuple(given))
     return cfg
 
 
-def validate(cfg: TrainConfig) -> None:
-    """Range and combination checks, each naming the flag and what to do."""
-    from zoft.algos import ALGORITHMS
-    from zoft.tasks import TASKS
+def validate(cfg: TrainConfig, strict: tuple[str, ...] = ()) -> None:
+    """Range and combination checks, each naming the flag and what to do. An option of another algorithm is refused
+    when given on the command line (`strict`: the keys given there) or with a value other than its default; a
+    recipe may carry one at its default (zoft before 0.3 wrote every algorithm's options into each run's
+    config.yaml)."""
+    _validate_numbers(cfg)
+    _validate_algorithm(cfg, strict)
+    _validate_task(cfg)
+    _validate_mode(cfg)
+    _validate_hardware(cfg)
 
+
+def _validate_numbers(cfg: TrainConfig) -> None:
     positive = ["steps", "batch_size", "num_train", "num_eval", "eval_batch_size", "log_every", "max_length",
-                "max_bad_steps"]
-    for key in positive + ["micro_batch_size", "lr", "eps"]:
+                "max_bad_steps", "micro_batch_size", "lr", "eps"]
+    for key in positive:
         value = getattr(cfg, key)
         if value is not None and not value > 0:
             raise ConfigError(f"{cfg.flag(key)} must be > 0 (got {value})")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{cfg.flag(key)} must be a finite number (got {value})")
     for key in ["num_dev", "eval_every", "save_every", "keep_last", "weight_decay"]:
         value = getattr(cfg, key)
-        if value is not None and value < 0:
+        if value is not None and not value >= 0:
             raise ConfigError(f"{cfg.flag(key)} must be >= 0 (got {value})")
-    if cfg.algo not in ALGORITHMS:
-        raise ConfigError(f"--algo {cfg.algo}: unknown algorithm; choose from {', '.join(ALGORITHMS)}")
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{cfg.flag(key)} must be a finite number (got {value})")
+    if cfg.micro_batch_size and cfg.micro_batch_size > cfg.batch_size:
+        raise ConfigError(f"--micro-batch-size {cfg.micro_batch_size} exceeds --batch-size {cfg.batch_size}")
+    if cfg.overwrite and cfg.resume:
+        raise ConfigError("--overwrite and --resume contradict each other; pick one")
+
+
+def _validate_algorithm(cfg: TrainConfig, strict: tuple[str, ...] = ()) -> None:
+    """The algorithm, its own options (others' options refused by name), and what its capabilities rule out."""
+    from zoft.algos import check_owners, get_algorithm
+    from zoft.algos.options import resolve as resolve_options
+    from zoft.perturb import NOISE_KINDS
+
+    cls = get_algorithm(cfg.algo)
+    check_owners(cfg.algo, cfg.algo_options, strict)
+    own = {o.name for o in cls.options}
+    cls.check_options(resolve_options(cls.__name__, cls.options,
+                                      {k: v for k, v in cfg.algo_options.items() if k in own}))
+    if cls.first_order:
+        if cfg.objective != "ce":
+            raise ConfigError(f"--algo {cfg.algo} backpropagates, and --objective {cfg.objective} has no gradient; "
+                              "use --objective ce or a ZO algorithm")
+        if cfg.exact_bf16 or cfg.stochastic_rounding or cfg.noise != "table":
+            raise ConfigError(f"--exact-bf16/--stochastic-rounding/--noise shape ZO perturbation passes; --algo "
+                              f"{cfg.algo} has none: drop them")
+    if cfg.exact_bf16 and cfg.stochastic_rounding:
+        raise ConfigError("--exact-bf16 and --stochastic-rounding contradict each other: exact updates need no "
+                          "rounding; keep one")
+    if cfg.noise not in NOISE_KINDS:
+        raise ConfigError(f"--noise {cfg.noise}: choose {' or '.join(NOISE_KINDS)}")
+    from zoft import distributed
+
+    if distributed.launched() and not cls.data_parallel:
+        raise ConfigError(f"--algo {cfg.algo} backpropagates: data-parallel zoft all-reduces losses, not "
+                          "gradients; run it in one process")
+
+
+def _validate_task(cfg: TrainConfig) -> None:
+    from zoft.tasks import TASKS
+
     if cfg.task != "custom" and cfg.task not in TASKS:
         raise ConfigError(f"--task {cfg.task}: unknown task; choose from {', '.join([*TASKS, 'custom'])}")
     if cfg.task == "custom" and not cfg.data_file:
@@ -208,13 +340,6 @@ def validate(cfg: TrainConfig) -> None:
                           "keep one")
     if cfg.prompt_field is not None and cfg.target_field is None:
         raise ConfigError("--prompt-field needs --target-field (the column the model learns to generate)")
-    if getattr(ALGORITHMS[cfg.algo], "first_order", False):
-        if cfg.objective != "ce":
-            raise ConfigError(f"--algo {cfg.algo} backpropagates, and --objective {cfg.objective} has no gradient; "
-                              "use --objective ce or a ZO algorithm")
-        if cfg.exact_bf16 or cfg.stochastic_rounding or cfg.noise != "table":
-            raise ConfigError(f"--exact-bf16/--stochastic-rounding/--noise shape ZO perturbation passes; --algo "
-                              f"{cfg.algo} has none: drop them")
     from zoft.objectives import check
 
     # a custom task is a generation task exactly when it names a target column
@@ -223,91 +348,6 @@ def validate(cfg: TrainConfig) -> None:
     problem = check(cfg.objective, kind, cfg.task)
     if problem:
         raise ConfigError(problem)
-    algo_keys = ALGORITHMS[cfg.algo].config_keys
-    defaults = TrainConfig()
-    for key in algorithm_options():
-        if key not in algo_keys and getattr(cfg, key) != getattr(defaults, key):
-            takers = " or ".join(name for name, cls in ALGORITHMS.items() if key in cls.config_keys)
-            raise ConfigError(f"{cfg.flag(key)} applies to --algo {takers}, not {cfg.algo}")
-    _validate_algorithm_options(cfg)
-    from zoft.perturb import NOISE_KINDS
-
-    if cfg.exact_bf16 and cfg.stochastic_rounding:
-        raise ConfigError("--exact-bf16 and --stochastic-rounding contradict each other: exact updates need no "
-                          "rounding; keep one")
-    if cfg.noise not in NOISE_KINDS:
-        raise ConfigError(f"--noise {cfg.noise}: choose {' or '.join(NOISE_KINDS)}")
-    _validate_mode(cfg)
-    if cfg.hessian_estimator not in ("code", "paper"):
-        raise ConfigError(f"--hessian-estimator {cfg.hessian_estimator}: choose code or paper")
-    if cfg.hessian_smooth is not None and not 0 <= cfg.hessian_smooth <= 1:
-        raise ConfigError(f"--hessian-smooth must lie in [0, 1] (got {cfg.hessian_smooth})")
-    if cfg.hessian_smooth == 0 and not cfg.allow_degenerate:
-        raise ConfigError("--hessian-smooth 0 keeps H at 1, i.e. MeZO with a wasted forward; use a positive "
-                          "value (default 1e-6) or add --allow-degenerate")
-    if cfg.hessian_schedule:
-        from zoft.algos.hizoo import parse_schedule
-
-        try:
-            parse_schedule(cfg.hessian_schedule)
-        except ValueError as exc:
-            raise ConfigError(f"--hessian-schedule: {exc}") from None
-    if cfg.dtype not in DTYPES:
-        raise ConfigError(f"--dtype {cfg.dtype}: choose from {', '.join(DTYPES)}")
-    if cfg.device not in DEVICES and not cfg.device.startswith("cuda:"):
-        raise ConfigError(f"--device {cfg.device}: choose from {', '.join(DEVICES)} (or cuda:N)")
-    if cfg.micro_batch_size and cfg.micro_batch_size > cfg.batch_size:
-        raise ConfigError(f"--micro-batch-size {cfg.micro_batch_size} exceeds --batch-size {cfg.batch_size}")
-    if cfg.overwrite and cfg.resume:
-        raise ConfigError("--overwrite and --resume contradict each other; pick one")
-    from zoft.offload import check_config
-
-    problem = check_config(cfg)
-    if problem:
-        raise ConfigError(problem)
-    if cfg.device_map is not None:
-        if cfg.device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
-            raise ConfigError(f"--device-map {cfg.device_map}: choose auto, balanced, balanced_low_0 or sequential")
-        if cfg.load_in_8bit or cfg.load_in_4bit:
-            raise ConfigError("--device-map with --load-in-8bit/4bit: quantized bases are placed on --device; "
-                              "drop --device-map")
-
-
-#: algorithm options that do not change the trajectory, so a resume may change them
-NON_TRAJECTORY_OPTIONS = ("allow_degenerate", "tezo_factors")
-
-
-def algorithm_options() -> tuple[str, ...]:
-    """Keys that only some algorithms take (the union of their `config_keys`, in registry order); giving one to
-    another algorithm is an error."""
-    from zoft.algos import ALGORITHMS
-
-    return tuple(dict.fromkeys(k for cls in ALGORITHMS.values() for k in cls.config_keys))
-
-
-def _validate_algorithm_options(cfg: TrainConfig) -> None:
-    from zoft.algos.tezo import FACTOR_POLICIES, RANK_MODES, SCALES
-
-    for key in ("momentum", "beta2"):
-        value = getattr(cfg, key)
-        if value is not None and not 0 <= value < 1:
-            raise ConfigError(f"{cfg.flag(key)} must lie in [0, 1) (got {value})")
-    if cfg.adam_eps is not None and not cfg.adam_eps > 0:
-        raise ConfigError(f"--adam-eps must be > 0 (got {cfg.adam_eps})")
-    for key in ("rank", "rank_min", "rank_max"):
-        value = getattr(cfg, key)
-        if value is not None and value < 1:
-            raise ConfigError(f"{cfg.flag(key)} must be >= 1 (got {value})")
-    if cfg.rank_min is not None and cfg.rank_max is not None and cfg.rank_min > cfg.rank_max:
-        raise ConfigError(f"--rank-min {cfg.rank_min} exceeds --rank-max {cfg.rank_max}")
-    if cfg.rank_threshold is not None and not 0 < cfg.rank_threshold <= 1:
-        raise ConfigError(f"--rank-threshold must lie in (0, 1] (got {cfg.rank_threshold})")
-    if cfg.rank_mode is not None and cfg.rank_mode not in RANK_MODES:
-        raise ConfigError(f"--rank-mode {cfg.rank_mode}: choose {' or '.join(RANK_MODES)}")
-    if cfg.tezo_scale is not None and cfg.tezo_scale not in SCALES:
-        raise ConfigError(f"--tezo-scale {cfg.tezo_scale}: choose {' or '.join(SCALES)}")
-    if cfg.tezo_factors is not None and cfg.tezo_factors not in FACTOR_POLICIES:
-        raise ConfigError(f"--tezo-factors {cfg.tezo_factors}: choose {' or '.join(FACTOR_POLICIES)}")
 
 
 def _validate_mode(cfg: TrainConfig) -> None:
@@ -325,8 +365,8 @@ def _validate_mode(cfg: TrainConfig) -> None:
         raise ConfigError(f"--prefix-init {cfg.prefix_init}: choose activations or random")
     if cfg.lora_r < 1 or (cfg.virtual_tokens is not None and cfg.virtual_tokens < 1):
         raise ConfigError("--lora-r and --virtual-tokens must be >= 1")
-    if not cfg.lora_alpha > 0:
-        raise ConfigError(f"--lora-alpha must be > 0 (got {cfg.lora_alpha})")
+    if not (cfg.lora_alpha > 0 and math.isfinite(cfg.lora_alpha)):
+        raise ConfigError(f"--lora-alpha must be a finite number > 0 (got {cfg.lora_alpha})")
     if not [t for t in cfg.lora_targets.split(",") if t.strip()]:
         raise ConfigError("--lora-targets: give module names such as q_proj,v_proj")
     if cfg.load_in_8bit and cfg.load_in_4bit:
@@ -343,24 +383,56 @@ def _validate_mode(cfg: TrainConfig) -> None:
                           "--stochastic-rounding")
 
 
+def _validate_hardware(cfg: TrainConfig) -> None:
+    if cfg.dtype not in DTYPES:
+        raise ConfigError(f"--dtype {cfg.dtype}: choose from {', '.join(DTYPES)}")
+    if cfg.device not in DEVICES and not cfg.device.startswith("cuda:"):
+        raise ConfigError(f"--device {cfg.device}: choose from {', '.join(DEVICES)} (or cuda:N)")
+    from zoft.offload import check_config
+
+    problem = check_config(cfg)
+    if problem:
+        raise ConfigError(problem)
+    if cfg.device_map is not None:
+        if cfg.device_map not in ("auto", "balanced", "balanced_low_0", "sequential"):
+            raise ConfigError(f"--device-map {cfg.device_map}: choose auto, balanced, balanced_low_0 or sequential")
+        if cfg.load_in_8bit or cfg.load_in_4bit:
+            raise ConfigError("--device-map with --load-in-8bit/4bit: quantized bases are placed on --device; "
+                              "drop --device-map")
+
+
+def trajectory_keys(cfg: TrainConfig) -> tuple[str, ...]:
+    """The settings of `cfg` that change its trajectory: a resume must use the values of the run it continues
+    (the config's trajectory fields and the algorithm's options but those declared otherwise)."""
+    from zoft.algos import get_algorithm
+
+    own = tuple(o.name for o in get_algorithm(cfg.algo).options if o.trajectory)
+    return tuple(name for name, f in FIELDS.items() if f.metadata["trajectory"]) + own
+
+
+def value_of(cfg: TrainConfig, key: str) -> Any:
+    """A config field or an algorithm option of `cfg`, by key."""
+    return getattr(cfg, key) if key in FIELDS else cfg.algo_options.get(key)
+
+
 def finalize(cfg: TrainConfig) -> TrainConfig:
     """Fill the 'None → derived' fields so config.yaml records the values the run actually used."""
-    from zoft.algos import ALGORITHMS
-
-    algo = ALGORITHMS[cfg.algo]
-    cfg = dataclasses.replace(cfg)
+    from zoft.algos import get_algorithm
+    from zoft.algos.options import resolve as resolve_options
     from zoft.modes import DEFAULT_VIRTUAL_TOKENS, MODE_DEFAULTS
 
+    algo = get_algorithm(cfg.algo)
+    cfg = dataclasses.replace(cfg, algo_options=dict(cfg.algo_options))
     mode_lr, mode_eps = MODE_DEFAULTS.get(cfg.mode, (algo.default_lr, algo.default_eps))
-    # Adam-style algorithms normalise the step, so their own lr stays; the SGD family takes the mode's grid
-    adam_like = "adam_eps" in algo.config_keys
-    cfg.lr = (algo.default_lr if adam_like else mode_lr) if cfg.lr is None else cfg.lr
+    # algorithms with normalised steps (Adam-like) keep their own lr in every mode; the SGD family takes the mode's
+    cfg.lr = (algo.default_lr if algo.lr_grid == "own" else mode_lr) if cfg.lr is None else cfg.lr
     cfg.eps = mode_eps if cfg.eps is None else cfg.eps
     if cfg.mode in DEFAULT_VIRTUAL_TOKENS and cfg.virtual_tokens is None:
         cfg.virtual_tokens = DEFAULT_VIRTUAL_TOKENS[cfg.mode]
-    for key in algo.config_keys:  # record the algorithm's defaults so config.yaml says what the run used
-        if getattr(cfg, key) is None and hasattr(algo, f"default_{key}"):
-            setattr(cfg, key, getattr(algo, f"default_{key}"))
+    own = {o.name for o in algo.options}
+    # record the algorithm's defaults so config.yaml says what the run used
+    cfg.algo_options = resolve_options(algo.__name__, algo.options,
+                                       {k: v for k, v in cfg.algo_options.items() if k in own})
     cfg.eval_every = max(cfg.steps // 5, 1) if cfg.eval_every is None else cfg.eval_every
     cfg.save_every = cfg.eval_every if cfg.save_every is None else cfg.save_every
     cfg.micro_batch_size = cfg.micro_batch_size or cfg.batch_size
@@ -369,6 +441,13 @@ def finalize(cfg: TrainConfig) -> TrainConfig:
 
 
 def to_yaml(cfg: TrainConfig) -> str:
-    """The resolved config as a recipe (run controls overwrite/resume are left out so a rerun starts fresh)."""
-    data = {k: v for k, v in dataclasses.asdict(cfg).items() if k not in ("overwrite", "resume")}
+    """The resolved config as a recipe: flat keys, the algorithm's options after the algorithm's section (run
+    controls overwrite/resume are left out so a rerun starts fresh)."""
+    data: dict[str, Any] = {}
+    for key in KEYS:
+        if key in ("overwrite", "resume"):
+            continue
+        data[key] = getattr(cfg, key)
+        if key == "exact_bf16":
+            data.update(cfg.algo_options)
     return yaml.safe_dump(data, sort_keys=False)

@@ -30,17 +30,78 @@ class RankLost(RuntimeError):
 
 @dataclass
 class World:
+    """The processes of a run and what they share. A single process (`size` 1) is the world too: then every method
+    does nothing, so the training loop has no data-parallel branches."""
+
     rank: int = 0
     size: int = 1
     local_rank: int = 0
 
     @property
     def main(self) -> bool:
+        """Whether this process logs, evaluates and saves (rank 0)."""
         return self.rank == 0
 
     @property
     def active(self) -> bool:
         return self.size > 1
+
+    def setup(self, cfg) -> None:
+        """Check `cfg` against the job and put this rank on its own GPU (cuda:LOCAL_RANK)."""
+        from zoft.errors import ConfigError
+
+        if not self.active:
+            return
+        if cfg.batch_size < self.size:
+            raise ConfigError(f"--batch-size {cfg.batch_size} is smaller than the {self.size} ranks; each rank "
+                              "needs at least one example")
+        if cfg.offload:
+            raise ConfigError("--offload cpu runs in one process: drop --nproc (or torchrun) or --offload")
+        if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()):
+            cfg.device = f"cuda:{self.local_rank}"
+            torch.cuda.set_device(self.local_rank)
+        check_same(cfg.seed, "run seed")
+
+    def shard(self, indices: list[int]) -> list[int]:
+        """This rank's share of a global batch."""
+        return indices[self.rank::self.size] if self.active else indices
+
+    def loss(self, objective, model, batches: list, step: int):
+        """The closure of a step: this rank's forward, its loss summed with the other ranks' (two float64 numbers
+        per forward), so every rank sees the loss of the whole global batch."""
+        if not self.active:
+            return lambda: objective.loss(model, batches)
+
+        def global_loss() -> float:
+            total, count = all_reduce_sum([float(v) for v in objective.loss_parts(model, batches)], step)
+            return total / count
+
+        return global_loss
+
+    def comm_bytes_per_step(self, forwards: int) -> int:
+        """What a rank sends per step: the loss sums of each forward and the stop flag."""
+        return LOSS_REDUCE_BYTES * forwards + 8 if self.active else 0
+
+    def agree_stop(self, code: int, step: int) -> int:
+        """A signal reaching one rank stops every rank at the same step (one more scalar per step)."""
+        if not self.active:
+            return code
+        total = int(all_reduce_sum([float(code)], step)[0])
+        return code or (total if total in (130, 143) else 143 if total else 0)
+
+    def ranks_identical(self, params) -> bool | None:
+        """Whether every rank holds the same parameters (None in a single process)."""
+        return digests_agree(parameter_digest(params)) if self.active else None
+
+    def barrier(self) -> None:
+        if self.active:
+            barrier()
+
+    def close(self) -> None:
+        """Meet at a barrier, then leave the process group (tearing it down under a saving rank aborts gloo)."""
+        if self.active:
+            barrier()
+            shutdown()
 
 
 def launched() -> bool:

@@ -11,6 +11,7 @@ import yaml
 
 from zoft.checkpoint import STATE_FILE
 from zoft.config import TrainConfig, check_keys, validate
+from zoft.errors import ConfigError
 
 
 @dataclass
@@ -44,7 +45,6 @@ def _locate(model: str) -> tuple[str, Path | None, dict[str, Any]]:
 
 def _load(weights: str, cfg: TrainConfig, base: str | None):
     """A plain model dir (or a merged final/), or an adapter checkpoint rebuilt over its base model."""
-    from zoft.config import ConfigError
     from zoft.models import load_model, load_tokenizer
     from zoft.modes import ADAPTER_CONFIG, adapter_kind, attach, base_model_of, load_adapter_into
 
@@ -53,7 +53,9 @@ def _load(weights: str, cfg: TrainConfig, base: str | None):
         model, tokenizer, _ = load_model(weights, cfg.dtype, cfg.device, trust_remote_code=cfg.trust_remote_code)
         return model, tokenizer
     base = base or (cfg.model if cfg.mode == kind else None) or base_model_of(Path(weights))
-    quantize = "8bit" if cfg.load_in_8bit else "4bit" if cfg.load_in_4bit else None
+    from zoft.builders import quantization
+
+    quantize = quantization(cfg)
     model, _, _ = load_model(base, cfg.dtype, cfg.device, quantize=quantize, trust_remote_code=cfg.trust_remote_code)
     if kind == "lora":
         from peft import PeftModel
@@ -81,10 +83,9 @@ def icl_context(demonstrations) -> str:
 
 def run_eval(req: EvalRequest) -> dict[str, Any]:
     """Evaluate and return the report; a run dir also gets it as eval.json (eval_icl<K>.json with --icl)."""
-    from zoft.config import ConfigError
+    from zoft.builders import build_task
     from zoft.scoring import encode_examples, evaluate, fit_length, pad_id
     from zoft.tasks import load_splits
-    from zoft.train import build_task, eval_report
 
     weights, run_dir, saved = _locate(req.model)
     given = {"task": req.task, "data_dir": req.data_dir, "num_eval": req.num_eval,
@@ -121,4 +122,22 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
     if out_dir is not None:
         name = "eval.json" if req.icl == 0 else f"eval_icl{req.icl}.json"
         (out_dir / name).write_text(json.dumps(report, indent=1))
+    return report
+
+
+def eval_report(result: dict[str, Any], metric: str, examples, task: str, checkpoint: str,
+                out: Path | None) -> dict[str, Any]:
+    """The eval.json record of a scored split; generation tasks also write predictions.jsonl beside it."""
+    report = {"task": task, "checkpoint": checkpoint, "metric": metric, f"eval_{metric}": result.get(metric),
+              "eval_loss": result.get("loss"), "num_eval": result.get("num_examples", 0)}
+    if "exact_match" in result:
+        report["eval_exact_match"] = result["exact_match"]
+    if "predictions" in result and out is not None:
+        from zoft.tasks.metrics import best_f1
+
+        lines = [json.dumps({"prompt_end": ex.prompt[-200:], "prediction": pred, "answers": list(ex.answers),
+                             "f1": best_f1(pred, ex.answers)})
+                 for ex, pred in zip(examples, result["predictions"])]
+        (out / "predictions.jsonl").write_text("".join(line + "\n" for line in lines))
+        report["predictions"] = str(out / "predictions.jsonl")
     return report

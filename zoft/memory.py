@@ -29,7 +29,7 @@ import re
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from zoft.config import ConfigError
+from zoft.errors import ConfigError
 
 if TYPE_CHECKING:
     import torch
@@ -133,28 +133,46 @@ def _adapter_shapes(model, mode: str, shape: Shape, lora_r: int, lora_targets: t
     return [("prompt", (virtual_tokens, shape.hidden))]
 
 
+def _knob(default: Any, help: str, panel: str, show: Any = None) -> Any:
+    return dataclasses.field(default=default, metadata={"help": help, "panel": panel, "show": show})
+
+
 @dataclass
 class MemoryRequest:
-    """What `zoft estimate-memory` was asked."""
+    """What `zoft estimate-memory` was asked; each field's help is its flag's."""
 
     model: str
-    algo: str = "mezo"
-    mode: str = "full"
-    dtype: str = "bfloat16"
-    device: str = "cuda"
-    batch_size: int = 16
-    rows_per_example: int = 1
-    seq_len: int = 256
+    algo: str = _knob("mezo", "ZO algorithm (see `zoft list`); its options below change its state (e.g. "
+                      "--rank).", "ZO algorithm")
+    mode: str = _knob("full", "Tuning mode: full, lora, prefix or prompt.", "Tuning mode")
+    load_in_8bit: bool = _knob(False, "int8 base (bitsandbytes).", "Tuning mode")
+    load_in_4bit: bool = _knob(False, "NF4 base (bitsandbytes).", "Tuning mode")
+    lora_r: int = _knob(8, "LoRA rank.", "Tuning mode")
+    lora_targets: str = _knob("q_proj,v_proj", "Comma-separated module names that get LoRA.", "Tuning mode")
+    virtual_tokens: int | None = _knob(None, "Prefix/prompt length.", "Tuning mode", "5 prefix, 10 prompt")
+    dtype: str = _knob("auto", "Weight dtype: auto (bfloat16 on cuda, float32 on cpu), float32, bfloat16 or "
+                       "float16.", "Hardware")
+    device: str = _knob("cuda", "Where the run will be: cuda, cpu (adds the process runtime and materialised "
+                        "attention scores) or auto (this machine's).", "Hardware")
+    batch_size: int = _knob(16, "Examples per forward.", "Training")
+    rows_per_example: int = _knob(1, "Sequences per example: 1 when candidates are single tokens (SST-2, RTE, "
+                                  "BoolQ), else the number of candidates.", "Training")
+    seq_len: int = _knob(256, "Tokens per sequence (padded length).", "Training")
+    gpu_memory: str | None = _knob(None, "Memory of the target device, e.g. 80GB: says whether the run fits.",
+                                   "Hardware", False)
+    noise: str = _knob("table", "z generator of the run: table (44 MiB fp32 / 22 MiB bf16 of tables), philox "
+                       "(none) or randn (a z buffer as large as the largest tensor).", "ZO algorithm")
+    exact_bf16: bool = _knob(False, "Count 16-bit residuals for bf16 weights (2 bytes per weight).", "ZO algorithm")
+    offload: str | None = _knob(None, "cpu: the run keeps its blocks in host memory (zoft train --offload cpu); GPU "
+                                "figures count the resident modules and three blocks, and the host memory is "
+                                "shown.", "Hardware", False)
     kept_positions: int = 1
-    gpu_memory: str | None = None
-    noise: str = "table"
-    exact_bf16: bool = False
-    quantize: str | None = None          # "8bit" / "4bit": a bitsandbytes base (adapter modes)
-    lora_r: int = 8
-    lora_targets: tuple[str, ...] = ("q_proj", "v_proj")
-    virtual_tokens: int | None = None
+    #: the algorithm's own options (`zoft.algos.option_table`), as `zoft train` takes them
     options: dict[str, Any] = dataclasses.field(default_factory=dict)
-    offload: str | None = None           # "cpu": blocks in host memory, streamed to the GPU (zoft.offload)
+
+    @property
+    def quantize(self) -> str | None:
+        return "8bit" if self.load_in_8bit else "4bit" if self.load_in_4bit else None
 
 
 def _offload(req: MemoryRequest, model, opt, shape: Shape, rows: int, nbytes: int,
@@ -164,14 +182,14 @@ def _offload(req: MemoryRequest, model, opt, shape: Shape, rows: int, nbytes: in
     On the GPU: the modules outside the blocks and their optimizer state, and at most three blocks with their
     state (computing, prefetched, draining); the other probes' residual streams, held while one probe runs the
     block; with tied embeddings, a copy of the shared matrix per probe but the last."""
-    from zoft.algos import ALGORITHMS
+    from zoft.algos import ALGORITHMS, get_algorithm
     from zoft.offload import OFFLOAD_KINDS, OFFLOAD_MODES, find_blocks
 
     if req.offload not in OFFLOAD_KINDS:
         raise ConfigError(f"--offload {req.offload}: choose {', '.join(OFFLOAD_KINDS)}")
     if req.device != "cuda":
         raise ConfigError("--offload cpu streams blocks to a CUDA GPU: estimate it with --device cuda")
-    if not ALGORITHMS[req.algo].offloadable:
+    if not get_algorithm(req.algo).offloadable:
         ok = ", ".join(n for n, c in ALGORITHMS.items() if c.offloadable)
         raise ConfigError(f"--offload cpu with --algo {req.algo}: offload supports --algo {ok}")
     if req.mode not in OFFLOAD_MODES or req.quantize:
@@ -194,79 +212,118 @@ def _offload(req: MemoryRequest, model, opt, shape: Shape, rows: int, nbytes: in
     return sum(sizes) + sum(states)
 
 
-def estimate(req: MemoryRequest) -> dict[str, Any]:
-    """The estimate as a JSON-able dict: components in bytes, totals, and whether it fits `gpu_memory`."""
-    from zoft.algos import ALGORITHMS, trainable_parameters
-    from zoft.models import meta_model
+def _check(req: MemoryRequest):
+    """Refuse what cannot be estimated, naming the flag; returns the algorithm class."""
+    from zoft.algos import get_algorithm
+    from zoft.modes import MODES
+    from zoft.perturb import NOISE_KINDS
 
-    if req.algo not in ALGORITHMS:
-        raise ConfigError(f"--algo {req.algo}: unknown algorithm; choose from {', '.join(ALGORITHMS)}")
-    from zoft.modes import DEFAULT_VIRTUAL_TOKENS, MODES
-
+    cls = get_algorithm(req.algo)
     if req.mode not in MODES:
         raise ConfigError(f"--mode {req.mode}: choose {', '.join(MODES)}")
+    if req.load_in_8bit and req.load_in_4bit:
+        raise ConfigError("--load-in-8bit and --load-in-4bit contradict each other; keep one")
     if req.quantize and req.mode == "full":
         raise ConfigError(f"--mode full with --load-in-{req.quantize}: quantized weights cannot be perturbed in "
                           "place; use --mode lora, prefix or prompt")
     if req.dtype not in DTYPE_BYTES:
-        raise ConfigError(f"--dtype {req.dtype}: choose from {', '.join(DTYPE_BYTES)}")
+        raise ConfigError(f"--dtype {req.dtype}: choose from auto, {', '.join(DTYPE_BYTES)}")
     for flag, value in (("--batch-size", req.batch_size), ("--seq-len", req.seq_len),
-                        ("--rows-per-example", req.rows_per_example)):
+                        ("--rows-per-example", req.rows_per_example), ("--lora-r", req.lora_r),
+                        ("--virtual-tokens", req.virtual_tokens or 1)):
         if value < 1:
             raise ConfigError(f"{flag} must be >= 1 (got {value})")
-    from zoft.perturb import NOISE_KINDS, table_bytes
-
     if req.noise not in NOISE_KINDS:
         raise ConfigError(f"--noise {req.noise}: choose {' or '.join(NOISE_KINDS)}")
     if req.exact_bf16 and req.dtype != "bfloat16":
         raise ConfigError(f"--exact-bf16 applies to bfloat16 weights, not --dtype {req.dtype}")
-    limit = parse_size(req.gpu_memory) if req.gpu_memory else None
-    nbytes = DTYPE_BYTES[req.dtype]
+    return cls
 
+
+def _resolved(req: MemoryRequest) -> MemoryRequest:
+    """`auto` device and dtype made concrete: this machine's device; bfloat16 on a GPU, float32 on a CPU."""
+    device = req.device
+    if device == "auto":
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    if device not in ("cuda", "cpu"):
+        raise ConfigError(f"--device {req.device}: choose cuda, cpu or auto")
+    dtype = req.dtype if req.dtype != "auto" else ("float32" if device == "cpu" else "bfloat16")
+    return dataclasses.replace(req, device=device, dtype=dtype)
+
+
+def _trainable(req: MemoryRequest, model, shape: Shape, nbytes: int) -> tuple[list, int]:
+    """The trainable tensors of the run (meta tensors) and the bytes of every weight, adapters and quantization
+    included."""
     import torch
 
-    model = meta_model(req.model, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16,
-                                         "float16": torch.float16}[req.dtype])
-    shape = Shape.from_config(model.config)
-    params = sum(p.numel() for p in model.parameters())
+    from zoft.algos import trainable_parameters
+    from zoft.modes import DEFAULT_VIRTUAL_TOKENS
+
     named = trainable_parameters(model)
     weights = sum(p.numel() * nbytes for p in model.parameters())
     if req.mode != "full":
         n_virtual = req.virtual_tokens or DEFAULT_VIRTUAL_TOKENS.get(req.mode, 0)
         adapter_dtype = torch.float32 if req.quantize else model.dtype
+        targets = tuple(t.strip() for t in req.lora_targets.split(",") if t.strip())
         named = [(name, torch.nn.Parameter(torch.empty(s, device="meta", dtype=adapter_dtype)))
-                 for name, s in _adapter_shapes(model, req.mode, shape, req.lora_r, req.lora_targets, n_virtual)]
+                 for name, s in _adapter_shapes(model, req.mode, shape, req.lora_r, targets, n_virtual)]
         weights += sum(p.numel() * p.element_size() for _, p in named)
     if req.quantize:  # the decoder layers' linear weights are quantized; embeddings, norms and lm_head are not
         linear = sum(mod.weight.numel() for n, mod in model.named_modules()
                      if isinstance(mod, torch.nn.Linear) and "lm_head" not in n)
         weights -= int(linear * (nbytes - QUANT_BYTES[req.quantize]))
-    opt = ALGORITHMS[req.algo](named, noise=req.noise, **req.options)
+    return named, weights
+
+
+def _exact_bf16(opt, named, components: dict[str, int]) -> None:
+    """Residuals are not registered on meta tensors (they share one null pointer): count them here, with the
+    passes' fp32 tables instead of bf16 ones and the 4 MiB join buffer."""
+    import torch
+
+    from zoft.perturb import table_bytes
+
+    components["exact-bf16 residuals"] = 2 * sum(p.numel() for _, p in named)
+    if any(opt.engine._tabled(p) for p in opt.engine.params):
+        components["step temporaries"] += table_bytes(torch.float32) - table_bytes(torch.bfloat16)
+    components["step temporaries"] += 4 * (1 << 20) * (1 if opt.dense_z else 2)
+
+
+def estimate(req: MemoryRequest) -> dict[str, Any]:
+    """The estimate as a JSON-able dict: components in bytes, totals, and whether it fits `gpu_memory`."""
+    import torch
+
+    from zoft.models import meta_model
+
+    req = _resolved(req)
+    cls = _check(req)
+    limit = parse_size(req.gpu_memory) if req.gpu_memory else None
+    nbytes = DTYPE_BYTES[req.dtype]
+    model = meta_model(req.model, dtype={"float32": torch.float32, "bfloat16": torch.bfloat16,
+                                         "float16": torch.float16}[req.dtype])
+    shape = Shape.from_config(model.config)
+    params = sum(p.numel() for p in model.parameters())
+    named, weights = _trainable(req, model, shape, nbytes)
+    opt = cls(named, noise=req.noise, **req.options)  # the algorithm's own state code, on meta tensors
     rows = req.batch_size * req.rows_per_example
     attn = getattr(model.config, "_attn_implementation", None) or "sdpa"
-    materialises_scores = attn == "eager" or req.device == "cpu"
     components = {
         "weights": weights,
         "optimizer state": opt.state_bytes(),
         "step temporaries": opt.transient_bytes(),
-        "activations": forward_activation_bytes(shape, rows, req.seq_len, nbytes, materialises_scores),
+        "activations": forward_activation_bytes(shape, rows, req.seq_len, nbytes,
+                                                scores=attn == "eager" or req.device == "cpu"),
         "logits": logits_bytes(shape, rows, req.kept_positions, nbytes),
     }
     if req.exact_bf16:
-        # residuals are not registered on meta tensors (they share one null pointer): count them here, with the
-        # passes' fp32 tables instead of bf16 ones and the 4 MiB join buffer
-        components["exact-bf16 residuals"] = 2 * sum(p.numel() for _, p in named)
-        if any(opt.engine._tabled(p) for p in opt.engine.params):
-            components["step temporaries"] += table_bytes(torch.float32) - table_bytes(torch.bfloat16)
-        components["step temporaries"] += 4 * (1 << 20) * (1 if opt.dense_z else 2)
-    host = 0
-    if req.offload:
-        host = _offload(req, model, opt, shape, rows, nbytes, components)
+        _exact_bf16(opt, named, components)
+    host = _offload(req, model, opt, shape, rows, nbytes, components) if req.offload else 0
     if req.device == "cpu":
         components["runtime"] = cpu_runtime_bytes()
     fo = first_order_bytes(params, shape, rows, req.seq_len, nbytes, weights=weights,
                            trainable=sum(p.numel() for _, p in named))
-    if getattr(opt, "first_order", False):
+    if cls.first_order:
         # --algo fo-adam is the first-order run itself: both columns are the backprop estimate
         components = {"weights": fo["weights"], "optimizer state": fo["adam moments"], "step temporaries": 0,
                       "activations": fo["activations"], "logits": fo["logits"], "gradients": fo["gradients"],
@@ -275,7 +332,7 @@ def estimate(req: MemoryRequest) -> dict[str, Any]:
     fo_total = sum(fo.values()) + components.get("runtime", 0)
     return {
         "model": req.model, "algo": req.algo, "mode": req.mode, "dtype": req.dtype, "device": req.device,
-        "quantize": req.quantize,
+        "quantize": req.quantize, "options": opt.settings, "first_order": cls.first_order,
         "params": params, "trainable_params": sum(p.numel() for _, p in named), "rows": rows,
         "seq_len": req.seq_len, "components": components, "state_breakdown": opt.state_breakdown(),
         "total": total, "first_order_adamw": {**fo, "total": fo_total},

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from zoft.config import ConfigError
+from zoft.errors import ConfigError
 
 log = logging.getLogger(__name__)
 
@@ -113,8 +113,11 @@ def resolve_model_path(model: str | None, convert: bool = True, weights: bool = 
     return model
 
 
-def resolve_device(device: str) -> torch.device:
-    """`auto` → cuda when available, else cpu; `cuda` without a GPU is a usage error."""
+def resolve_device(device: str | torch.device) -> torch.device:
+    """`auto` → cuda when available, else cpu; `cuda` without a GPU is a usage error. A torch.device is already
+    resolved and returned as it is."""
+    if isinstance(device, torch.device):
+        return device
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if device.startswith("cuda") and not torch.cuda.is_available():
@@ -122,12 +125,14 @@ def resolve_device(device: str) -> torch.device:
     return torch.device(device)
 
 
-def resolve_dtype(dtype: str, device: torch.device) -> torch.dtype:
-    """`auto` → float32 on CPU, bfloat16 on CUDA.
+def resolve_dtype(dtype: str | torch.dtype, device: torch.device) -> torch.dtype:
+    """`auto` → float32 on CPU, bfloat16 on CUDA (a torch.dtype is returned as it is).
 
     On CPU, bf16 is ~2× faster but a ZO update η·g·z ≈ 1e-6 is below half a bf16 ulp of most weights and is
     rounded away, so training would silently not move; fp32 keeps every update.
     """
+    if isinstance(dtype, torch.dtype):
+        return dtype
     if dtype == "auto":
         if device.type == "cuda":
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
@@ -168,9 +173,10 @@ def quantization_config(kind: str, compute_dtype: torch.dtype):
                               bnb_4bit_compute_dtype=compute_dtype)
 
 
-def load_model(model: str | None, dtype: str = "auto", device: str = "auto", quantize: str | None = None,
-               trust_remote_code: bool = False, device_map: str | None = None):
-    """Load (model, tokenizer, path) ready for ZO: eval mode (no dropout, §1.1), on `device`, in `dtype`;
+def load_model(model: str | None, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
+               quantize: str | None = None, trust_remote_code: bool = False, device_map: str | None = None):
+    """Load (model, tokenizer, path) ready for ZO: eval mode (no dropout: both probes of a step must see the same
+    function), on `device`, in `dtype`;
     with `quantize` ("8bit" / "4bit") the frozen weights are bitsandbytes-quantized, placed by `device_map`
     (a quantized model must never be moved with `.to()`). Code shipped with a model (`auto_map`) runs only with
     `trust_remote_code`. `device_map` ("auto", "balanced", ...) shards the layers over the visible GPUs with

@@ -72,6 +72,16 @@ def check_config(cfg) -> str | None:
     return None
 
 
+def attach(model: nn.Module, opt, device: torch.device | str) -> "Offloader":
+    """Stream `model`'s blocks through `device` for `opt`: from here on `opt.step` runs offloaded
+    (`zoft.runner.OffloadedRunner`). Returns the offloader."""
+    from zoft.runner import OffloadedRunner
+
+    offloader = Offloader(model, opt, device)
+    opt.runner = OffloadedRunner(opt, offloader)
+    return offloader
+
+
 def require_cuda(device: torch.device) -> None:
     """Offloading streams blocks to a GPU; refuse on any other device (a CPU has nothing to offload to)."""
     if device.type != "cuda":
@@ -132,7 +142,8 @@ class Offloader:
 
     Args:
         model: the model, on the CPU (it may be larger than the GPU); the non-block modules are moved to `device`.
-        opt: the optimizer over its trainable tensors (an `offloadable` algorithm); `opt.offloader` is set.
+        opt: the optimizer over its trainable tensors (an `offloadable` algorithm). `attach` builds the offloader
+            and gives `opt` the runner that steps through it.
         device: where forwards and passes run: a CUDA device, or the CPU itself in tests (no streams; the
             "upload" is a copy), which exercises every step of the protocol.
 
@@ -145,73 +156,15 @@ class Offloader:
         self.device = torch.device(device)
         self.cuda = self.device.type == "cuda"
         self.opt = opt
-        index = {id(p): i for i, p in enumerate(opt._tensors)}
+        index = {id(p): i for i, p in enumerate(opt.tensors)}
         blocks = list(find_blocks(model))
-        in_block = {id(m) for b in blocks for m in b.modules()}
         self._slots: list[list[_Slot]] = []
         self.units: list[_Unit] = []
-        block_tensors: set[int] = set()
-        for k, block in enumerate(blocks):
-            slots, seen = [], set()
-            for module in block.modules():
-                for name, p in module._parameters.items():
-                    if p is None or id(p) in seen:
-                        continue
-                    seen.add(id(p))
-                    slots.append(_Slot(module, name, p, self._home(p.data), index.get(id(p))))
-                    if id(p) in index:  # per-weight optimizer state (HiZOO's H, moments) travels with its block
-                        state = opt.state[p]
-                        slots.extend(_Slot(state, key, None, self._home(v), index[id(p)])
-                                     for key, v in state.items() if isinstance(v, torch.Tensor))
-                for name, b in module._buffers.items():
-                    if b is not None:
-                        slots.append(_Slot(module, name, None, self._home(b), None))
-            for s in slots:
-                s.point(s.store)
-            self._slots.append(slots)
-            trainable = [s.index for s in slots if s.index is not None and s.param is not None]
-            block_tensors.update(trainable)
-            self.units.append(_Unit(block, trainable, k))
-        uses: dict[int, int] = {}
-        resident: dict[int, int] = {}
-        for module in model.modules():
-            if id(module) in in_block:
-                continue
-            for t in [*module._parameters.values(), *module._buffers.values()]:
-                if t is not None:
-                    resident[id(t)] = t.numel() * t.element_size()
-            for name, p in module._parameters.items():
-                if p is not None and p.device != self.device:
-                    p.data = p.data.to(self.device)
-            for name, b in module._buffers.items():
-                if b is not None and b.device != self.device:
-                    module._buffers[name] = b.to(self.device)
-            own = [index[id(p)] for p in module._parameters.values() if p is not None and id(p) in index]
-            for i in own:
-                state = opt.state[opt._tensors[i]]
-                for key, v in state.items():
-                    if isinstance(v, torch.Tensor):
-                        state[key] = v.to(self.device)
-                        resident[id(v)] = v.numel() * v.element_size()
-            if own:
-                self.units.append(_Unit(module, own, None))
-                for i in own:
-                    uses[i] = uses.get(i, 0) + 1
-        for unit in self.units:
-            if unit.block is None and any(m is not unit.module and id(m) in {id(u.module) for u in self.units}
-                                          for m in unit.module.modules()):
-                raise ValueError(f"{type(unit.module).__name__} owns trainable tensors and contains other modules "
-                                 "that do; its forward cannot be run in lockstep")
-        if block_tensors & set(uses):
-            raise ValueError("a trainable tensor is used both inside and outside the transformer blocks; "
-                             "it cannot be offloaded")
+        block_tensors = self._place_blocks(blocks, index)
+        in_block = {id(m) for b in blocks for m in b.modules()}
+        uses, resident = self._place_resident(model, in_block, index)
+        self._check_units(block_tensors, uses)
         self._shared = {i for i, n in uses.items() if n > 1}  # tied embeddings: used by two resident modules
-        unvisited = set(range(len(opt._tensors))) - block_tensors - set(uses)
-        if unvisited:
-            all_names = [n for g in opt.param_groups for n in (g.get("param_names") or [None] * len(g["params"]))]
-            names = ", ".join(str(all_names[i] or f"#{i}") for i in sorted(unvisited)[:3])
-            raise ValueError(f"trainable tensors {names} belong to no module that runs a forward; they cannot be "
-                             "perturbed block by block")
         self.blocks = blocks
         self._resident_bytes = sum(resident.values())
         self.pending: Callable[[int], None] | None = None  # the last step's update, per tensor, not yet applied
@@ -228,9 +181,85 @@ class Offloader:
         for unit in self.units:
             self._hooks.append(unit.module.register_forward_pre_hook(lambda m, a, u=unit: self._pre(u)))
             self._hooks.append(unit.module.register_forward_hook(lambda m, a, o, u=unit: self._post(u)))
-        opt.offloader, opt.tensorwise = self, True
 
     # -- placement ----------------------------------------------------------------------------------------
+    def _place_blocks(self, blocks: list[nn.Module], index: dict[int, int]) -> set[int]:
+        """Move each block's parameters, buffers and per-weight state to host memory; returns the indices of the
+        trainable tensors that live in blocks."""
+        block_tensors: set[int] = set()
+        for k, block in enumerate(blocks):
+            slots, seen = [], set()
+            for module in block.modules():
+                for name, p in module._parameters.items():
+                    if p is None or id(p) in seen:
+                        continue
+                    seen.add(id(p))
+                    slots.append(_Slot(module, name, p, self._home(p.data), index.get(id(p))))
+                    if id(p) in index:  # per-weight optimizer state (HiZOO's H, moments) travels with its block
+                        state = self.opt.state[p]
+                        slots.extend(_Slot(state, key, None, self._home(v), index[id(p)])
+                                     for key, v in state.items() if isinstance(v, torch.Tensor))
+                for name, b in module._buffers.items():
+                    if b is not None:
+                        slots.append(_Slot(module, name, None, self._home(b), None))
+            for s in slots:
+                s.point(s.store)
+            self._slots.append(slots)
+            trainable = [s.index for s in slots if s.index is not None and s.param is not None]
+            block_tensors.update(trainable)
+            self.units.append(_Unit(block, trainable, k))
+        return block_tensors
+
+    def _place_resident(self, model: nn.Module, in_block: set[int],
+                        index: dict[int, int]) -> tuple[dict[int, int], dict[int, int]]:
+        """Put everything outside the blocks (embeddings, final norm, head) on the device, each module that owns
+        trainable tensors as one unit; returns how many units use each trainable tensor and the resident bytes."""
+        uses: dict[int, int] = {}
+        resident: dict[int, int] = {}
+        for module in model.modules():
+            if id(module) in in_block:
+                continue
+            for t in [*module._parameters.values(), *module._buffers.values()]:
+                if t is not None:
+                    resident[id(t)] = t.numel() * t.element_size()
+            for name, p in module._parameters.items():
+                if p is not None and p.device != self.device:
+                    p.data = p.data.to(self.device)
+            for name, b in module._buffers.items():
+                if b is not None and b.device != self.device:
+                    module._buffers[name] = b.to(self.device)
+            own = [index[id(p)] for p in module._parameters.values() if p is not None and id(p) in index]
+            for i in own:
+                state = self.opt.state[self.opt.tensors[i]]
+                for key, v in state.items():
+                    if isinstance(v, torch.Tensor):
+                        state[key] = v.to(self.device)
+                        resident[id(v)] = v.numel() * v.element_size()
+            if own:
+                self.units.append(_Unit(module, own, None))
+                for i in own:
+                    uses[i] = uses.get(i, 0) + 1
+        return uses, resident
+
+    def _check_units(self, block_tensors: set[int], uses: dict[int, int]) -> None:
+        """Refuse layouts whose forwards cannot run in lockstep: nested units, a tensor used inside and outside
+        the blocks, or a trainable tensor no forward visits."""
+        for unit in self.units:
+            if unit.block is None and any(m is not unit.module and id(m) in {id(u.module) for u in self.units}
+                                          for m in unit.module.modules()):
+                raise ValueError(f"{type(unit.module).__name__} owns trainable tensors and contains other modules "
+                                 "that do; its forward cannot be run in lockstep")
+        if block_tensors & set(uses):
+            raise ValueError("a trainable tensor is used both inside and outside the transformer blocks; "
+                             "it cannot be offloaded")
+        opt = self.opt
+        unvisited = set(range(len(opt.tensors))) - block_tensors - set(uses)
+        if unvisited:
+            all_names = [n for g in opt.param_groups for n in (g.get("param_names") or [None] * len(g["params"]))]
+            names = ", ".join(str(all_names[i] or f"#{i}") for i in sorted(unvisited)[:3])
+            raise ValueError(f"trainable tensors {names} belong to no module that runs a forward; they cannot be "
+                             "perturbed block by block")
+
     def _home(self, t: torch.Tensor) -> torch.Tensor:
         t = t.detach().to("cpu")
         return t.pin_memory() if self.cuda else t
@@ -320,13 +349,13 @@ class Offloader:
                 self._release(unit.block, write_back=True)
         self.flushes += 1
 
-    def probe(self, closure: Callable[[], object], seed: int, scales: list[float]) -> list[float]:
+    def probe(self, closure: Callable[[], object], seed: int, moves: list[list[tuple[int, float]]]) -> list[float]:
         """The losses of K lockstep forwards, each block uploaded once for all of them. Before probe j runs a
-        tensor's first unit, the tensor is moved by `perturb_tensor(i, seed, scales[j])` (0: not moved), and the
-        first probe applies the pending update first: MeZO's probes are [ε, −2ε], HiZOO's [0, ε, −2ε]. On return
-        every tensor holds the last probe's point."""
-        k = len(scales)
-        self._probe = (seed, scales)
+        tensor's first unit, the tensor is moved by `perturb_tensor(i, seed, scale, direction)` for each (direction,
+        scale) of `moves[j]`, and the first probe applies the pending update first: MeZO's moves are [ε], [−2ε],
+        HiZOO's [], [ε], [−2ε]. On return every tensor holds the last probe's point."""
+        k = len(moves)
+        self._probe = (seed, moves)
         self._seen: list[set[int]] = [set() for _ in range(k)]  # tensors each probe has moved this step
         self._copies: dict[tuple[int, int], torch.Tensor] = {}  # (probe, tensor) → its point, for a second user
         self._real: dict[int, torch.Tensor] = {}
@@ -367,7 +396,7 @@ class Offloader:
         if any(trace != self._trace[0] for trace in self._trace):
             raise RuntimeError("the probe forwards ran different modules; an offloaded step needs a forward whose "
                                "modules do not depend on the weights")
-        missed = len(self.opt._tensors) - len(self._seen[0])
+        missed = len(self.opt.tensors) - len(self._seen[0])
         if missed:
             raise RuntimeError(f"{missed} trainable tensors were not used by the forward; they cannot be offloaded")
         self.pending = None
@@ -412,23 +441,23 @@ class Offloader:
                 self._acquire(unit.block)
             return
         j = self._local.who
-        seed, scales = self._probe
+        seed, moves = self._probe
         self._trace[j].append(id(unit))
         if j == 0 and unit.block is not None:
             self._acquire(unit.block)
-        last = j == len(scales) - 1
+        last = j == len(moves) - 1
         for i in unit.tensors:
             if i in self._seen[j]:  # its second user (a tied head): the point kept at its first
                 if not last:
-                    p = self.opt._tensors[i]
+                    p = self.opt.tensors[i]
                     self._real[i] = p.data
                     p.data = self._copies[(j, i)]
                 continue
             self._seen[j].add(i)
             if j == 0 and self.pending is not None:
                 self.pending(i)                               # P3 of the last step
-            if scales[j]:
-                self.opt.perturb_tensor(i, seed, scales[j])   # MeZO: P1 (+εz), then P2 (−2εz)
+            for direction, scale in moves[j]:                 # MeZO: P1 (+εz), then P2 (−2εz)
+                self.opt.perturb_tensor(i, seed, scale, direction)
 
     def _post(self, unit: _Unit) -> None:
         with torch.inference_mode(False), torch.no_grad():
@@ -444,7 +473,7 @@ class Offloader:
         j = self._local.who
         last = j == len(self._probe[1]) - 1
         for i in unit.tensors:
-            p = self.opt._tensors[i]
+            p = self.opt.tensors[i]
             if i in self._real:
                 p.data = self._real.pop(i)
             elif i in self._shared and not last and (j, i) not in self._copies:

@@ -16,7 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from zoft.config import KEYS, ConfigError, TrainConfig, check_keys, load_recipe, resolve
+from zoft.config import TrainConfig, check_value, known_keys, load_recipe, resolve
+from zoft.errors import ConfigError
 
 
 @dataclass
@@ -32,10 +33,11 @@ class SweepRequest:
 
 def _key(raw: str, flag: str) -> str:
     key = raw.strip().lstrip("-").replace("-", "_")
-    if key not in KEYS:
+    keys = known_keys()
+    if key not in keys:
         import difflib
 
-        close = difflib.get_close_matches(key, KEYS, n=1)
+        close = difflib.get_close_matches(key, keys, n=1)
         hint = f" (did you mean '{close[0]}'?)" if close else ""
         raise ConfigError(f"{flag} {raw}: unknown key '{key}'{hint}")
     if key in ("output_dir", "overwrite", "resume"):
@@ -64,7 +66,7 @@ def parse_grid(specs: list[str], flag: str = "--grid") -> dict[str, list[tuple[s
         for text in (v.strip() for v in raw_values.split(",")):
             if not text:
                 raise ConfigError(f"{flag} {spec!r}: empty value; write KEY=V1,V2,...")
-            values.append((text, check_keys({key: _parse_value(text)}, f"{flag} {spec}")[key]))
+            values.append((text, check_value(key, _parse_value(text), f"{flag} {spec}")))
         grid[key] = values
     return grid
 

@@ -7,8 +7,7 @@ import pytest
 import torch
 from typer.testing import CliRunner
 
-from tests.conftest import build_model
-from zoft.algos import ALGORITHMS, FirstOrderAdam, trainable_parameters
+from zoft.algos import ALGORITHMS, FirstOrderAdam
 from zoft.cli import app
 
 runner = CliRunner()

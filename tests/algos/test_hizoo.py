@@ -30,8 +30,13 @@ def test_first_step_probes_like_mezo_and_alpha_zero_is_mezo():
 
 
 def test_alpha_zero_is_refused_without_the_flag():
-    with pytest.raises(ValueError, match="allow_degenerate"):
+    from zoft.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="--allow-degenerate"):  # a user error: exit 2 on the command line
         HiZOO([torch.nn.Parameter(torch.zeros(3))], lr=1e-3, hessian_smooth=0.0)
+    with pytest.raises(ConfigError, match="--allow-degenerate"):  # a schedule of zeros too
+        HiZOO([torch.nn.Parameter(torch.zeros(3))], lr=1e-3, hessian_schedule="0:0")
+    HiZOO([torch.nn.Parameter(torch.zeros(3))], lr=1e-3, hessian_smooth=0.0, allow_degenerate=True)
 
 
 def test_three_forwards_and_three_passes_per_step_and_logged_loss_is_l0():

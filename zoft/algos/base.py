@@ -1,4 +1,4 @@
-"""The torch.optim-style base class every ZO algorithm derives from.
+"""The contract every ZO algorithm implements, and the torch.optim-style base class that holds it.
 
 A ZO optimizer is built over the trainable tensors and stepped with a loss closure that runs one forward on a
 fixed minibatch and returns the loss (a float or a 0-d tensor)::
@@ -9,31 +9,39 @@ fixed minibatch and returns the loss (a float or a 0-d tensor)::
 
 The closure is called under `torch.inference_mode()` (no autograd graph, so ZO trains with the memory of
 inference) and must be deterministic: put the model in `eval()` mode so dropout cannot change the loss between
-the two probes of a step (ALGORITHMS.md §1.1).
+the probes of a step (docs/algorithms.md, "The two-point estimate").
 
-Subclasses implement `_zo_step(closure, seed)`; this class owns the step counter, the step seed, the forward
-count, weight-decay exemptions and checkpointable state. Adding an algorithm is one file plus one entry in
-`zoft.algos.ALGORITHMS`.
+An algorithm is one class that declares, and nothing else needs to know:
+
+- **its options** (`options`: a tuple of `zoft.algos.options.Option`), from which the registry derives the recipe
+  keys, the `zoft train` flags and `--help`, `estimate-memory` and the resume check;
+- **its probes**: the moves before each forward in multiples of ε (`probes`, MeZO's (1, −2) is θ+εZ then θ−εZ)
+  and its direction, dense z unless it overrides `perturb` and `perturb_tensor`;
+- **its estimate** (`estimate`): how the probe losses become the step's scalars, the loss it reports and logs;
+- **its update** (`update_tensor`): P3 of one tensor, the restore of the last probe fused with the update, from
+  the step's scalars, the tensor and its own state (`update_all` may fuse all tensors, bitwise the same);
+- **its capabilities** (`replayable`, `offloadable`, `data_parallel`), which the CLI checks before loading.
+
+`zoft.runner.StepRunner` executes the step from these parts, resident, offloaded (`--offload cpu`) or replayed from
+a trajectory (`zoft replay`); this class owns the step counter, the forward count, weight-decay exemptions and
+checkpointable state. Adding an algorithm is one file plus one entry in `zoft.algos.ALGORITHMS`.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
-from zoft.perturb import PerturbationEngine, mix, step_seed, stochastic_rounding
+from zoft.algos.options import Option, resolve
+from zoft.perturb import MIXED_CHUNK, PerturbationEngine
+from zoft.runner import StepRunner
 
 Closure = Callable[[], "float | torch.Tensor"]
 
-# MeZO excludes bias and LayerNorm weights from decay; widened to RMSNorm-style LLaMA names (ALGORITHMS.md §1.6).
+# MeZO excludes bias and LayerNorm weights from decay; widened to RMSNorm-style LLaMA names (docs/algorithms.md).
 _NO_DECAY_MARKERS = ("bias", "norm", "layer_norm", "layernorm", "ln_")
-
-
-class NonFiniteLossError(RuntimeError):
-    """A probe returned NaN/inf; the weights have been restored to their value before the step."""
 
 
 def decays(name: str | None, param: torch.Tensor) -> bool:
@@ -44,8 +52,8 @@ def decays(name: str | None, param: torch.Tensor) -> bool:
 
 
 def state_dtype(p: torch.Tensor) -> torch.dtype:
-    """dtype of moment-like optimizer state: fp32 for fp32/bf16/fp16 weights (ALGORITHMS.md §1.8: small EMA
-    increments vanish in half precision), fp64 for fp64 weights so that float64 oracles hold to 1e-10."""
+    """dtype of moment-like optimizer state: fp32 for fp32/bf16/fp16 weights (small EMA increments vanish in half
+    precision), fp64 for fp64 weights so that float64 oracles hold to 1e-10."""
     return torch.float64 if p.dtype == torch.float64 else torch.float32
 
 
@@ -54,17 +62,27 @@ def trainable_parameters(model: torch.nn.Module) -> list[tuple[str, torch.nn.Par
     return sorted(((n, p) for n, p in model.named_parameters() if p.requires_grad), key=lambda np_: np_[0])
 
 
+class Estimate(NamedTuple):
+    """What a step's probe losses give: the scalars its update uses (`record`, which the trajectory keeps for
+    replay), the loss it reports, and further scalars for logs (the probe losses, ...)."""
+
+    record: dict[str, float]
+    loss: float
+    log: dict[str, float]
+
+
 class ZOOptimizer(torch.optim.Optimizer):
     """Base of all ZO optimizers.
 
     Args:
         params: tensors, (name, tensor) pairs (names enable the bias/norm weight-decay exemption) or param-group
             dicts as for `torch.optim`.
-        lr: learning rate η.
-        eps: perturbation scale ε.
+        lr: learning rate η (default: the algorithm's `default_lr`).
+        eps: perturbation scale ε (default: `default_eps`).
         weight_decay: decoupled weight decay λ (not applied to 1-D, bias or norm tensors).
         seed: run seed; step t perturbs with seed mix(seed, t).
-        noise: the z generator, "table" (default) or "randn" (see `zoft.perturb`).
+        noise: the z generator, "table" (default), "randn" or "philox" (see `zoft.perturb.engine`).
+        **options: the algorithm's own `options`, by name.
     """
 
     #: one line for `zoft list` and `--help`: when to pick this algorithm
@@ -73,30 +91,34 @@ class ZOOptimizer(torch.optim.Optimizer):
     paper: str = ""
     #: persistent optimizer state, in words, for `zoft list`
     state_desc: str = "none"
-    #: fp32 work buffers the size of the largest tensor that a step uses besides the z buffer
-    scratch_slots: int = 0
-    #: whether a step materialises dense z (False: every pass is a fused `axpy_`, as in MeZO)
-    dense_z: bool = True
-    #: round the update pass P3 stochastically for bf16/fp16 weights (`zoft.perturb.stochastic_rounding`)
-    stochastic_rounding: bool = False
-    #: forward passes per step, for budgets and logs
-    forwards_per_step: int = 2
-    #: TrainConfig keys passed to the constructor as keyword arguments (algorithm-specific options)
-    config_keys: tuple[str, ...] = ()
-    #: defaults for full fine-tuning (ALGORITHMS.md §9)
+    #: the algorithm's own options (declared once: flags, recipe keys, validation and help derive from them)
+    options: tuple[Option, ...] = ()
+    #: defaults for full fine-tuning
     default_lr: float = 1e-6
     default_eps: float = 1e-3
-    #: scalars of `last` that, with the step seed, fix every pass of a step: a run's trajectory (`replay`)
-    replay_keys: tuple[str, ...] = ("projected_grad",)
-    #: whether `replay` can rebuild the weights from the trajectory alone (not for first-order methods)
+    #: "mode": in LoRA/prefix/prompt mode the default lr is that mode's MeZO grid (SGD-like steps scale with the
+    #: gradient); "own": `default_lr` in every mode (normalised steps, e.g. Adam's, whose size is ≈ η per weight)
+    lr_grid: str = "mode"
+    #: capabilities: rebuilt from a trajectory of scalars (`zoft replay`), run with blocks streamed from CPU memory
+    #: (`--offload cpu`), run data-parallel with losses all-reduced (`torchrun`)
     replayable: bool = True
-    #: whether a step can run tensor by tensor as `--offload cpu` streams the blocks (`zoft.offload`): the
-    #: update of each tensor depends only on the step's scalars, that tensor and its own state (which travels
-    #: with its block), through `perturb_tensor` and a per-tensor P3
-    offloadable: bool = False
+    offloadable: bool = True
+    data_parallel: bool = True
+    #: whether steps backpropagate (the first-order reference) instead of probing
+    first_order: bool = False
+    #: the step: moves before each forward, in multiples of ε along direction 0
+    probes: tuple[float, ...] = (1.0, -2.0)
+    #: forward passes per step, for budgets, logs and the data-parallel traffic
+    forwards_per_step: int = 2
+    #: what the step's scalars are called in the message of a non-finite step
+    estimate_what: str = "projected gradient"
+    #: memory: whether a step materialises dense z (False: every pass is a fused `axpy_`, as in MeZO), and how many
+    #: fp32 work buffers the size of the largest tensor it uses besides the z buffer
+    dense_z: bool = True
+    scratch_slots: int = 0
 
     def __init__(self, params: Iterable[Any], lr: float | None = None, eps: float | None = None,
-                 weight_decay: float = 0.0, seed: int = 0, noise: str = "table", **defaults: Any):
+                 weight_decay: float = 0.0, seed: int = 0, noise: str = "table", **options: Any):
         lr = self.default_lr if lr is None else lr
         eps = self.default_eps if eps is None else eps
         if not lr > 0:
@@ -105,24 +127,39 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError(f"eps must be > 0, got {eps}")
         if weight_decay < 0:
             raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        super().__init__(_as_groups(params), dict(lr=lr, eps=eps, weight_decay=weight_decay, **defaults))
+        resolved = resolve(type(self).__name__, self.options, options)
+        self.check_options(resolved)
+        super().__init__(_as_groups(params), dict(lr=lr, eps=eps, weight_decay=weight_decay, **resolved))
+        #: the algorithm's options as resolved (given or default); also each param group's defaults
+        self.settings = resolved
         self.seed = int(seed)
         self.t = 0  # steps taken; the next step uses step_seed(seed, t)
         self.forwards = 0
-        self._tensors: list[torch.Tensor] = []
+        self.tensors: list[torch.Tensor] = []
         self._group_index: list[int] = []
         self._decay: list[bool] = []
         for gi, group in enumerate(self.param_groups):
             names = group.get("param_names") or [None] * len(group["params"])
             for name, p in zip(names, group["params"]):
-                self._tensors.append(p)
+                self.tensors.append(p)
                 self._group_index.append(gi)
                 self._decay.append(decays(name, p))
-        self.engine = PerturbationEngine(self._tensors, noise=noise)
+        self.engine = PerturbationEngine(self.tensors, noise=noise)
+        self.ops = self.engine.ops  # in-place arithmetic for any dtype, with the rounding switch and residuals
         self.residuals: dict[int, torch.Tensor] = {}  # exact bf16: int16 low halves of the fp32 weights
-        self.last: dict[str, float] = {}  # scalars of the last step (projected_grad, loss_plus, ...) for logging
-        self.offloader = None     # a `zoft.offload.Offloader` when the blocks live in CPU memory
-        self.tensorwise = False   # P3 tensor by tensor, rounding bits seeded per tensor (offloaded runs, replays)
+        self.stochastic_rounding = False  # round P3 stochastically for bf16/fp16 weights
+        self.record: dict[str, float] = {}  # the scalars of the last step's update (its trajectory record)
+        self.last: dict[str, float] = {}  # the scalars of the last step for logs (projected_grad, loss_plus, ...)
+        self.runner = StepRunner(self)
+        self.init_state()
+
+    def init_state(self) -> None:
+        """Create the algorithm's per-tensor state in `self.state` (moments, H) and anything it derives from its
+        options; called once at the end of the constructor."""
+
+    @classmethod
+    def check_options(cls, options: dict[str, Any]) -> None:
+        """Checks across options (each option's own range is checked already); raise `ConfigError`."""
 
     # -- helpers for subclasses ---------------------------------------------------------------------------
     def hyper(self, index: int) -> dict[str, Any]:
@@ -134,6 +171,14 @@ class ZOOptimizer(torch.optim.Optimizer):
         group = self.hyper(index)
         return 1.0 - group["lr"] * group["weight_decay"] if self._decay[index] else 1.0
 
+    @property
+    def eps(self) -> float:
+        return self.param_groups[0]["eps"]
+
+    def bias_corrections(self, beta1: float, beta2: float, t: int) -> tuple[float, float]:
+        """Adam's 1 − β1^t and 1 − β2^t for step index `t` (counted from 0 here and from 1 in torch.optim.Adam)."""
+        return 1.0 - beta1 ** (t + 1), 1.0 - beta2 ** (t + 1)
+
     def evaluate(self, closure: Closure) -> float:
         """One forward: the closure under inference mode, its loss read back as a Python float.
 
@@ -144,77 +189,59 @@ class ZOOptimizer(torch.optim.Optimizer):
         self.forwards += 1
         return float(loss)
 
-    # -- public API ---------------------------------------------------------------------------------------
+    # -- the step, as `zoft.runner` executes it -----------------------------------------------------------
     @torch.no_grad()
     def step(self, closure: Closure | None = None) -> float:  # type: ignore[override]
         """Take one ZO step; returns the loss to report (no extra forward is spent on it)."""
         if closure is None:
             raise ValueError(f"{type(self).__name__}.step needs a closure that returns the minibatch loss")
-        loss = self._zo_step(closure, step_seed(self.seed, self.t))
-        self.t += 1
-        return loss
-
-    def _zo_step(self, closure: Closure, seed: int) -> float:
-        raise NotImplementedError  # abstract: each algorithm defines its step
-
-    def trajectory_record(self) -> dict[str, float]:
-        """What `replay` needs of the step just taken (besides its seed, which the step index gives)."""
-        return {k: self.last[k] for k in self.replay_keys}
+        return self.runner.step(closure)
 
     @torch.no_grad()
     def replay(self, record: dict[str, Any]) -> None:
-        """Apply the next step's passes from its trajectory record, without a forward: the same in-place
-        operations in the same order as the step that was trained, so the weights and state come out bitwise
-        equal. `record` is `trajectory_record()`, or `{"skipped": True}` for a step whose loss was not finite."""
+        """Apply the next step from its trajectory record without a forward (`zoft.runner.StepRunner.replay`)."""
         if not self.replayable:
             raise ValueError(f"{type(self).__name__} steps depend on gradients, which a trajectory does not hold")
-        seed = step_seed(self.seed, self.t)
-        eps = self.param_groups[0]["eps"]
-        self.perturb(seed, eps)              # P1 and P2, as the step made them around its forwards
-        self.perturb(seed, -2.0 * eps)
-        if record.get("skipped"):
-            self.perturb(seed, eps)          # the restore of a step that was not applied
-        else:
-            self._apply_record(seed, record)
-        self.t += 1
-        self.forwards += self.forwards_per_step
+        self.runner.replay(record)
 
-    def _apply_record(self, seed: int, record: dict[str, Any]) -> None:
-        raise NotImplementedError  # abstract: P3 of `_zo_step` with the recorded scalars instead of the forwards
+    def probe_moves(self) -> list[list[tuple[int, float]]]:
+        """(direction, scale) moves made before each forward of a step, from `probes` (all along direction 0)."""
+        return [[(0, multiple * self.eps)] if multiple else [] for multiple in self.probes]
 
-    def _update_tensor(self, index: int, seed: int, g: float, t: int) -> None:
-        """P3 for tensor `index` alone, bitwise what `_update` does to it at step index `t` (the step being
-        applied: an offloaded run applies it during the next step, when `self.t` has moved on)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot update one tensor at a time")
+    def estimate(self, losses: list[float]) -> Estimate:
+        """The two-sided SPSA estimate g = (L+ − L−)/(2ε); the reported loss is (L+ + L−)/2, so no forward is spent
+        on logging."""
+        loss_plus, loss_minus = losses
+        g = (loss_plus - loss_minus) / (2.0 * self.eps)  # Python float: fp64 arithmetic on the two fp32 losses
+        return Estimate({"projected_grad": g}, 0.5 * (loss_plus + loss_minus),
+                        {"loss_plus": loss_plus, "loss_minus": loss_minus})
 
     @torch.no_grad()
-    def perturb_tensor(self, index: int, seed: int, scale: float) -> None:
-        """θ_i ← θ_i + scale·z_i for one tensor: its share of `perturb` (offloadable algorithms)."""
-        self.engine.axpy_(index, seed, scale)
-
-    def tensor_rounding(self, seed: int, index: int) -> stochastic_rounding:
-        """Stochastic rounding (if on) for one tensor's P3, its bits drawn from a seed of the tensor's own, so the
-        result does not depend on the order the tensors are visited in (offloaded runs and their replays)."""
-        return stochastic_rounding(mix(seed, index), self.stochastic_rounding)
-
-    def _offloaded_probes(self, closure: Closure, seed: int, scales: list[float]):
-        """The probe losses of an offloaded step (`zoft.offload`: all probes in one visit of each block) and the
-        restore that a skipped step defers to the next visit."""
-        offloader, eps = self.offloader, self.param_groups[0]["eps"]
-        losses = offloader.probe(closure, seed, scales)
-        self.forwards += len(scales)
-        self.engine.passes += 3  # the probe passes and the deferred P3, as in the resident step
-
-        def restore() -> None:
-            offloader.defer(lambda i: self.perturb_tensor(i, seed, eps))
-
-        return losses, restore
+    def perturb(self, seed: int, scale: float, direction: int = 0) -> None:
+        """θ ← θ + scale·Z(seed) in place: one pass along the algorithm's direction (dense z here)."""
+        self.engine.add_(seed, scale, direction)
 
     @torch.no_grad()
-    def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
-        """θ ← θ + scale·Z(seed) in place: one pass along the algorithm's probe direction (dense z here)."""
-        self.engine.add_(seed, scale, probe)
+    def perturb_tensor(self, index: int, seed: int, scale: float, direction: int = 0) -> None:
+        """θ_i ← θ_i + scale·Z_i for one tensor: its share of `perturb`, the same arithmetic."""
+        self.engine.axpy_(index, seed, scale, direction)
 
+    def update_tensor(self, index: int, seed: int, record: dict[str, Any], t: int) -> None:
+        """P3 of tensor `index` at step index `t`: restore the last probe and apply the update from the step's
+        scalars `record` (an offloaded run applies it during the next step, when `self.t` has moved on)."""
+        raise NotImplementedError(f"{type(self).__name__} defines no update")
+
+    def update_all(self, seed: int, record: dict[str, Any], t: int) -> None:
+        """P3 of every tensor (one pass); an algorithm with a fused pass overrides it, bitwise the same."""
+        self.engine.count_pass()
+        for i in range(len(self.tensors)):
+            self.update_tensor(i, seed, record, t)
+
+    def trajectory_record(self) -> dict[str, float]:
+        """What `replay` needs of the step just taken (besides its seed, which the step index gives)."""
+        return dict(self.record)
+
+    # -- state -----------------------------------------------------------------------------------------------
     def diagnostics(self) -> dict[str, float]:
         """Scalars describing the optimizer state, logged at each evaluation (none for stateless methods)."""
         return {}
@@ -228,19 +255,16 @@ class ZOOptimizer(torch.optim.Optimizer):
         """Peak temporary memory of a step beyond the persistent state: the noise tables and z buffer of a pass
         (`PerturbationEngine.pass_bytes`), `scratch_slots` fp32 buffers the size of the largest tensor, and the
         fp32 chunk buffer of mixed-dtype in-place updates."""
-        from zoft.perturb import MIXED_CHUNK
-
         mixed = ((self.dense_z or self.residuals or self.stochastic_rounding)
-                 and any(p.dtype not in (torch.float32, torch.float64) for p in self._tensors))
+                 and any(p.dtype not in (torch.float32, torch.float64) for p in self.tensors))
         return (self.engine.pass_bytes(self.dense_z) + self.engine.max_buffer_bytes() * self.scratch_slots
                 + (4 * MIXED_CHUNK * (2 if self.residuals else 1) if mixed else 0))
 
     def keep_residuals(self) -> None:
         """Exact bf16: keep beside every bf16 weight the 16 bits its fp32 value has beyond bf16 (2 bytes per
         weight), so that every pass is exact fp32 arithmetic while the forwards read bf16 (`zoft.perturb`)."""
-        from zoft.perturb import keep_residual
-
-        self.residuals = {i: keep_residual(p) for i, p in enumerate(self._tensors) if p.dtype == torch.bfloat16}
+        self.residuals = {i: self.ops.residuals.keep(p) for i, p in enumerate(self.tensors)
+                          if p.dtype == torch.bfloat16}
         if not self.residuals:
             raise ValueError("exact bf16 needs bfloat16 weights")
 
@@ -271,8 +295,8 @@ class ZOOptimizer(torch.optim.Optimizer):
             raise ValueError(f"optimizer state is from {zo['algo']}, not {type(self).__name__}")
         super().load_state_dict(state_dict)
         # torch.optim casts every state tensor to its parameter's dtype (and calls that policy by class name, so it
-        # cannot be overridden). ZO state is fp32 by design (ALGORITHMS.md §1.8: a bf16 Hessian or moment loses
-        # its small EMA increments), so put the saved tensors back in their own dtype.
+        # cannot be overridden). ZO state is fp32 by design (a bf16 Hessian or moment loses its small EMA
+        # increments), so put the saved tensors back in their own dtype.
         params = [p for group in self.param_groups for p in group["params"]]
         for index, saved in state_dict["state"].items():
             p = params[int(index)]
@@ -287,92 +311,6 @@ class ZOOptimizer(torch.optim.Optimizer):
         for i, r in residuals.items():
             self.residuals[i].copy_(r)
         self._load_extra_state(zo.get("extra", {}))
-
-
-class TwoPointZO(ZOOptimizer):
-    """The two-sided SPSA step shared by MeZO and every method that differs from it only in the direction it
-    probes along or in the update it applies (ALGORITHMS.md §1.3):
-
-        P1  θ ← θ + ε·Z           → L+        (`perturb(seed, ε)`)
-        P2  θ ← θ − 2ε·Z          → L−        (`perturb(seed, −2ε)`)
-            g = (L+ − L−)/(2ε)
-        P3  restore θ + ε·Z fused with the algorithm's update   (`_update(seed, g)`, by default tensor by
-            tensor through `_update_tensor`, which `--offload cpu` also uses)
-
-    Z is the engine's dense Gaussian z unless a subclass overrides `perturb` (TeZO's low-rank Z). 2 forwards and
-    3 passes per step; the reported loss is (L+ + L−)/2, so no forward is spent on logging (§1.7).
-    """
-
-    forwards_per_step = 2
-
-    @property
-    def eps(self) -> float:
-        return self.param_groups[0]["eps"]
-
-    def _update(self, seed: int, g: float) -> None:
-        """The restore + update pass P3: tensor by tensor through `_update_tensor` unless the algorithm fuses it
-        (MeZO's one `axpy_all_`, TeZO's low-rank passes)."""
-        self.engine.count_pass()
-        for i in range(len(self._tensors)):
-            self._update_tensor(i, seed, g, self.t)
-
-    def _apply_record(self, seed: int, record: dict[str, Any]) -> None:
-        if self.tensorwise:
-            self.engine.count_pass()
-            for i in range(len(self._tensors)):
-                self._tensor_update(i, seed, record["projected_grad"], self.t)
-            return
-        with stochastic_rounding(seed, self.stochastic_rounding):
-            self._update(seed, record["projected_grad"])
-
-    def _tensor_update(self, index: int, seed: int, g: float, t: int) -> None:
-        """P3 of one tensor as an offloaded step applies it (`tensor_rounding`)."""
-        with self.tensor_rounding(seed, index):
-            self._update_tensor(index, seed, g, t)
-
-    def _offloaded_step(self, closure: Closure, seed: int) -> float:
-        """The same step with the blocks streamed: both probes in one visit of each block, P3 deferred."""
-        eps = self.eps
-        (loss_plus, loss_minus), restore = self._offloaded_probes(closure, seed, [eps, -2.0 * eps])
-        check_finite(self, (loss_plus, loss_minus), restore=restore)
-        g = (loss_plus - loss_minus) / (2.0 * eps)
-        check_finite(self, (g,), restore=restore, what="projected gradient")
-        t = self.t
-        self.offloader.defer(lambda i: self._tensor_update(i, seed, g, t))
-        self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus}
-        return 0.5 * (loss_plus + loss_minus)
-
-    def _zo_step(self, closure: Closure, seed: int) -> float:
-        if self.offloader is not None:
-            return self._offloaded_step(closure, seed)
-        eps = self.eps
-        self.perturb(seed, eps)                          # P1: θ + εZ
-        loss_plus = self.evaluate(closure)
-        self.perturb(seed, -2.0 * eps)                   # P2: θ − εZ
-        loss_minus = self.evaluate(closure)
-        check_finite(self, (loss_plus, loss_minus), restore=lambda: self.perturb(seed, eps))
-        g = (loss_plus - loss_minus) / (2.0 * eps)       # Python float: fp64 arithmetic on the two fp32 losses
-        check_finite(self, (g,), restore=lambda: self.perturb(seed, eps), what="projected gradient")
-        self._apply_record(seed, {"projected_grad": g})  # P3 (the same call replays it)
-        self.last = {"projected_grad": g, "loss_plus": loss_plus, "loss_minus": loss_minus}
-        return 0.5 * (loss_plus + loss_minus)
-
-    def bias_corrections(self, beta1: float, beta2: float, t: int | None = None) -> tuple[float, float]:
-        """Adam's 1 − β1^t and 1 − β2^t for the step being taken (default `self.t`, counted from 0 here and from 1
-        in torch.optim.Adam)."""
-        t = self.t if t is None else t
-        return 1.0 - beta1 ** (t + 1), 1.0 - beta2 ** (t + 1)
-
-
-def check_finite(opt: ZOOptimizer, values: Iterable[float], restore: Callable[[], None], what: str = "loss") -> None:
-    """If a probe loss (or the projected gradient) is NaN/inf: undo the step's perturbation with `restore`, so the
-    step applies nothing and loses nothing, then raise."""
-    bad = [x for x in values if not math.isfinite(x)]
-    if bad:
-        restore()
-        raise NonFiniteLossError(
-            f"{what} became {bad[0]} at step {opt.t}; weights were restored. With float16 weights try "
-            "--dtype bfloat16 or float32; otherwise lower --lr or --eps")
 
 
 def _as_groups(params: Iterable[Any]) -> list[dict[str, Any]]:

@@ -5,53 +5,49 @@ MeZO's tables put every ZO result beside "FT (Adam, 12× memory)": full fine-tun
 algorithms, so a comparison changes the optimizer and nothing else. One forward and one backward per step; memory
 adds what ZO avoids: the gradients (d), two fp32 moments (2d) and the activations kept for the backward pass
 (`zoft estimate-memory` shows them in its first-order column). The update is `torch.optim.AdamW` itself, with
-the same weight-decay exemptions as the ZO methods (no decay on 1-D, bias and norm tensors, ALGORITHMS.md §1.6).
+the same weight-decay exemptions as the ZO methods (no decay on 1-D, bias and norm tensors).
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable
 from typing import Any
 
 import torch
 
-from zoft.algos.base import Closure, NonFiniteLossError, ZOOptimizer
+from zoft.algos.base import Closure, ZOOptimizer
+from zoft.algos.mezo import ADAM_OPTIONS
+from zoft.runner import NonFiniteLossError
 
 
 class FirstOrderAdam(ZOOptimizer):
     """AdamW on backpropagated gradients, behind the ZO optimizer interface (`step(closure)` → loss).
 
-    Args (beyond ZOOptimizer's; `eps` is unused, there is no perturbation):
-        momentum: β1. beta2: β2. adam_eps: δ in m̂/(√v̂ + δ).
+    Options: momentum (β1), beta2 (β2), adam_eps (δ in m̂/(√v̂ + δ)). `eps` is unused: there is no perturbation.
     """
 
     summary = "first-order AdamW with backprop (MeZO's FT baseline): 1 forward + 1 backward, +3 fp32/weight"
     paper = "Loshchilov & Hutter 2019, arXiv 1711.05101 (the FT rows of MeZO)"
     state_desc = "2d fp32 (m, v) + d gradients + saved activations"
+    options = ADAM_OPTIONS
     forwards_per_step = 1
+    probes = ()
     first_order = True
-    replayable = False  # its steps depend on gradients: a trajectory of scalars cannot rebuild them
+    # its steps need gradients: a trajectory of scalars cannot rebuild them, losses cannot be all-reduced in
+    # their place, and a block streamed through the GPU keeps no activations for a backward pass
+    replayable = offloadable = data_parallel = False
     dense_z = False
-    config_keys = ("momentum", "beta2", "adam_eps")
     default_lr = 1e-5  # MeZO's FT grid for OPT-13B is {1e-5, 5e-5, 8e-5}
-    default_momentum = 0.9
-    default_beta2 = 0.999
-    default_adam_eps = 1e-8
+    lr_grid = "own"
 
-    def __init__(self, params: Iterable[Any], lr: float | None = None, eps: float | None = None,
-                 weight_decay: float = 0.0, seed: int = 0, noise: str = "table", momentum: float | None = None,
-                 beta2: float | None = None, adam_eps: float | None = None):
-        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, noise=noise)
-        betas = (self.default_momentum if momentum is None else momentum,
-                 self.default_beta2 if beta2 is None else beta2)
-        delta = self.default_adam_eps if adam_eps is None else adam_eps
-        decayed = [p for p, d in zip(self._tensors, self._decay) if d]
-        kept = [p for p, d in zip(self._tensors, self._decay) if not d]
+    def init_state(self) -> None:
+        decayed = [p for p, d in zip(self.tensors, self._decay) if d]
+        kept = [p for p, d in zip(self.tensors, self._decay) if not d]
         group = self.param_groups[0]
         groups = [g for g in ({"params": decayed, "weight_decay": group["weight_decay"]},
                               {"params": kept, "weight_decay": 0.0}) if g["params"]]
-        self.inner = torch.optim.AdamW(groups, lr=group["lr"], betas=betas, eps=delta, foreach=False)
+        self.inner = torch.optim.AdamW(groups, lr=group["lr"], betas=(group["momentum"], group["beta2"]),
+                                       eps=group["adam_eps"], foreach=False)
 
     def step(self, closure: Closure | None = None) -> float:  # type: ignore[override]
         if closure is None:
@@ -69,7 +65,7 @@ class FirstOrderAdam(ZOOptimizer):
                                          "float16 weights try --dtype bfloat16 or float32; otherwise lower --lr")
             loss.backward()
         self.forwards += 1
-        norm = math.sqrt(sum(float(p.grad.float().pow(2).sum()) for p in self._tensors if p.grad is not None))
+        norm = math.sqrt(sum(float(p.grad.float().pow(2).sum()) for p in self.tensors if p.grad is not None))
         self.inner.step()
         self.inner.zero_grad(set_to_none=True)  # gradients live only inside a step
         self.t += 1
@@ -79,12 +75,12 @@ class FirstOrderAdam(ZOOptimizer):
     def state_bytes(self) -> int:
         # the moments AdamW allocates at its first step: 2 fp32-or-weight-dtype tensors per parameter
         if not self.inner.state:
-            return sum(2 * p.numel() * p.element_size() for p in self._tensors)
+            return sum(2 * p.numel() * p.element_size() for p in self.tensors)
         return sum(t.numel() * t.element_size() for s in self.inner.state.values() for t in s.values()
                    if isinstance(t, torch.Tensor) and t.ndim > 0)
 
     def state_breakdown(self) -> dict[str, int]:
-        grads = sum(p.numel() * p.element_size() for p in self._tensors)
+        grads = sum(p.numel() * p.element_size() for p in self.tensors)
         return {"moments": self.state_bytes(), "gradients (inside a step)": grads}
 
     def _extra_state(self) -> dict[str, Any]:

@@ -2,7 +2,7 @@
 
 TeZO views the perturbations of one m×n weight over T steps as an m×n×T tensor with a rank-r CP form. Each
 2-D weight W_i gets factors U ∈ R^{m×r}, V ∈ R^{n×r} with N(0, 1) entries, drawn once from mix(run_seed, i, "U"/"V")
-and fixed for the run; step t draws only r numbers τ_t ~ N(0, I_r) from the step seed (ALGORITHMS.md §4.1):
+and fixed for the run; step t draws only r numbers τ_t ~ N(0, I_r) from the step seed:
 
     Z_t = s_r · U·diag(τ_t)·Vᵀ            s_r = 1/√r (zoft's default, E‖Z‖_F² = m·n like MeZO's z) or 1 (paper)
     κ_t = (L(θ + εZ_t) − L(θ − εZ_t)) / (2ε)
@@ -16,7 +16,7 @@ and fixed for the run; step t draws only r numbers τ_t ~ N(0, I_r) from the ste
 Because U and V are fixed, the momentum of the dense estimates κ_t·Z_t stays in the CP form, so the moments are
 r numbers per matrix instead of m·n (TeZO-m is *exactly* dense momentum of κ_t·Z_t; TeZO-Adam drops the cross
 terms τ_k·τ_l of the squared CP sum, which is exact for r = 1). The separable second moment is zoft's reading
-of the paper's description (§4.4). Tensors that are not 2-D (biases, norms) use a plain Gaussian z and dense
+of the paper's description. Tensors that are not 2-D (biases, norms) use a plain Gaussian z and dense
 state, as MeZO / ZO-SGD momentum / ZO-Adam would.
 
 Consequence worth knowing: W_T − W_0 always lies in the r-dimensional span of {u_k v_kᵀ}, a fixed random subspace.
@@ -43,22 +43,36 @@ from collections.abc import Sequence
 
 import torch
 
-from zoft.algos.base import TwoPointZO, state_dtype
-from zoft.algos.mezo import adam_dense_update, dense_adam_state, resolve_adam, resolve_momentum
-from zoft.perturb import MIXED_CHUNK, add_, addcdiv_, mix, scale_, tag_id, tensor_seed
+from zoft.algos.base import ZOOptimizer, state_dtype
+from zoft.algos.mezo import ADAM_OPTIONS, MOMENTUM, adam_dense_update, dense_adam_state
+from zoft.algos.options import Option
+from zoft.errors import ConfigError
+from zoft.perturb import MIXED_CHUNK, mix, tag_id, tensor_seed
 
 #: fp32 numbers per row block when an m×n product must exist (bf16 weights, TeZO-Adam's M̂/V̂): 16 MiB
 CHUNK_ELEMENTS = 1 << 22
-RANK_MODES = ("fixed", "spectrum")
-SCALES = ("sqrt-r", "none")
-FACTOR_POLICIES = ("cache", "regenerate")
+OPTIONS = (
+    Option("rank", int, 32, "Rank r of each matrix's perturbation (capped at min(m, n)).", low=1),
+    Option("rank_mode", str, "fixed", "fixed (--rank for every matrix) or spectrum (per matrix: singular values "
+           "≥ --rank-threshold·σ₁ of the pretrained weight, clipped to [--rank-min, --rank-max]; zoft's "
+           "heuristic).", choices=("fixed", "spectrum")),
+    Option("rank_threshold", float, 0.5, "Spectrum mode: relative singular-value threshold.", low=0, high=1,
+           low_open=True),
+    Option("rank_min", int, 4, "Spectrum mode: smallest rank.", low=1),
+    Option("rank_max", int, 64, "Spectrum mode: per-layer rank cap.", low=1),
+    Option("tezo_scale", str, "sqrt-r", "sqrt-r (Z scaled by 1/√r so E‖Z‖² matches MeZO and its lr/eps carry "
+           "over) or none (the paper as written: r× the energy).", choices=("sqrt-r", "none")),
+    Option("tezo_factors", str, "cache", "cache (keep the U, V factors on the device, (m+n)·r fp32 per matrix) or "
+           "regenerate (draw them in every pass: no factor memory, a little more time); same trajectory.",
+           choices=("cache", "regenerate"), trajectory=False),
+)
 
 
 def select_ranks(params: Sequence[torch.Tensor], rank: int, rank_mode: str = "fixed", threshold: float = 0.5,
                  rank_min: int = 4, rank_max: int = 64) -> list[int]:
     """Rank per tensor (0 for tensors that are not 2-D), capped at min(m, n).
 
-    fixed:    r for every matrix (default 32, ALGORITHMS.md §4.2).
+    fixed:    r for every matrix (default 32).
     spectrum: zoft's heuristic, not the paper's rule (which was not available): r_i = the number of singular
               values of the pretrained W_i above threshold·σ_1, clipped to [rank_min, rank_max].
     """
@@ -76,10 +90,10 @@ def select_ranks(params: Sequence[torch.Tensor], rank: int, rank_mode: str = "fi
     return ranks
 
 
-class TeZO(TwoPointZO):
+class TeZO(ZOOptimizer):
     """TeZO-SGD: rank-r CP perturbations with fixed factors and per-step temporal coefficients.
 
-    Args (beyond ZOOptimizer's):
+    Options:
         rank: r per matrix (capped at min(m, n)); in spectrum mode see `select_ranks`.
         rank_mode: "fixed" or "spectrum".
         rank_threshold, rank_min, rank_max: spectrum mode's σ_k ≥ threshold·σ_1 rule and its clip range.
@@ -93,41 +107,24 @@ class TeZO(TwoPointZO):
                "cheapest passes, for big models")
     paper = "Sun et al. 2025, arXiv 2501.19057"
     state_desc = "(m+n)·r cached factors per matrix (not checkpointed)"
-    config_keys = ("rank", "rank_mode", "rank_threshold", "rank_min", "rank_max", "tezo_scale", "tezo_factors")
-    default_rank, default_rank_mode, default_tezo_scale, default_tezo_factors = 32, "fixed", "sqrt-r", "cache"
-    default_rank_threshold, default_rank_min, default_rank_max = 0.5, 4, 64
+    options = OPTIONS
 
-    def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, rank: int | None = None,
-                 rank_mode: str | None = None, rank_threshold: float | None = None, rank_min: int | None = None,
-                 rank_max: int | None = None, tezo_scale: str | None = None, tezo_factors: str | None = None,
-                 **hyper):
-        rank = self.default_rank if rank is None else int(rank)
-        rank_mode = rank_mode or self.default_rank_mode
-        threshold = self.default_rank_threshold if rank_threshold is None else float(rank_threshold)
-        rank_min = self.default_rank_min if rank_min is None else int(rank_min)
-        rank_max = self.default_rank_max if rank_max is None else int(rank_max)
-        tezo_scale = tezo_scale or self.default_tezo_scale
-        tezo_factors = tezo_factors or self.default_tezo_factors
-        if rank < 1:
-            raise ValueError(f"rank must be >= 1, got {rank}")
-        if rank_mode not in RANK_MODES:
-            raise ValueError(f"rank_mode must be one of {', '.join(RANK_MODES)}, got {rank_mode!r}")
-        if not 0 < threshold <= 1:
-            raise ValueError(f"rank_threshold must lie in (0, 1], got {threshold}")
-        if not 1 <= rank_min <= rank_max:
-            raise ValueError(f"need 1 <= rank_min <= rank_max, got {rank_min} and {rank_max}")
-        if tezo_scale not in SCALES:
-            raise ValueError(f"tezo_scale must be one of {', '.join(SCALES)}, got {tezo_scale!r}")
-        if tezo_factors not in FACTOR_POLICIES:
-            raise ValueError(f"tezo_factors must be one of {', '.join(FACTOR_POLICIES)}, got {tezo_factors!r}")
-        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed, **hyper)
-        self.rank_mode, self.tezo_scale, self.cache_factors = rank_mode, tezo_scale, tezo_factors == "cache"
-        self.ranks = select_ranks(self._tensors, rank, rank_mode, threshold, rank_min, rank_max)
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        if options["rank_min"] > options["rank_max"]:
+            raise ConfigError(f"--rank-min {options['rank_min']} exceeds --rank-max {options['rank_max']}")
+
+    def init_state(self) -> None:
+        o = self.settings
+        self.rank_mode, self.tezo_scale, self.cache_factors = o["rank_mode"], o["tezo_scale"], \
+            o["tezo_factors"] == "cache"
+        self.ranks = select_ranks(self.tensors, o["rank"], o["rank_mode"], o["rank_threshold"], o["rank_min"],
+                                  o["rank_max"])
         self._factors: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
-        self._init_state()
+        self._init_moments()
 
     # -- state --------------------------------------------------------------------------------------------
-    def _init_state(self) -> None:
+    def _init_moments(self) -> None:
         """Moments (none for TeZO-SGD)."""
 
     def _extra_state(self) -> dict:
@@ -145,7 +142,7 @@ class TeZO(TwoPointZO):
         if not self.cache_factors:
             return 0
         return sum(4 * (p.shape[0] + p.shape[1]) * r * (2 if p.dtype == torch.float64 else 1)
-                   for p, r in zip(self._tensors, self.ranks) if r)
+                   for p, r in zip(self.tensors, self.ranks) if r)
 
     def state_bytes(self) -> int:
         return super().state_bytes() + self.factor_bytes()
@@ -160,8 +157,8 @@ class TeZO(TwoPointZO):
         scaled factor of one matrix (min(m, n)·r), and for low-precision weights the reused fp32 row block
         (≤ 16 MiB) and the 4 MiB mixed-dtype chunk buffer."""
         dense_idx = [i for i, r in enumerate(self.ranks) if not r]
-        dense = max((self._tensors[i].numel() for i in dense_idx), default=0)
-        matrices = [(p, r) for p, r in zip(self._tensors, self.ranks) if r]
+        dense = max((self.tensors[i].numel() for i in dense_idx), default=0)
+        matrices = [(p, r) for p, r in zip(self.tensors, self.ranks) if r]
         factor = max((min(p.shape) * r * 4 for p, r in matrices), default=0)
         blocks = 0
         if any(p.dtype not in (torch.float32, torch.float64) for p, _ in matrices):
@@ -171,7 +168,7 @@ class TeZO(TwoPointZO):
 
     def moment_shape(self, index: int) -> tuple[int, ...]:
         """Moments live in r-space for matrices, densely for the other tensors."""
-        return (self.ranks[index],) if self.ranks[index] else tuple(self._tensors[index].shape)
+        return (self.ranks[index],) if self.ranks[index] else tuple(self.tensors[index].shape)
 
     # -- the low-rank direction ---------------------------------------------------------------------------
     def scale(self, index: int) -> float:
@@ -183,7 +180,7 @@ class TeZO(TwoPointZO):
         again on every call with tezo_factors="regenerate" (same seeds, so bitwise the same factors)."""
         cached = self._factors.get(index)
         if cached is None:
-            p, r = self._tensors[index], self.ranks[index]
+            p, r = self.tensors[index], self.ranks[index]
             m, n = p.shape
             u = self.engine.draw((m, r), mix(self.seed, index, tag_id("U")), p.device)
             v = self.engine.draw((n, r), mix(self.seed, index, tag_id("V")), p.device)
@@ -193,10 +190,10 @@ class TeZO(TwoPointZO):
                 self._factors[index] = cached
         return cached
 
-    def tau(self, index: int, seed: int) -> torch.Tensor:
-        """τ_t of matrix `index` (r numbers), regenerated from s_{t,0,i,"tau"} in every pass."""
-        p = self._tensors[index]
-        return self.engine.draw((self.ranks[index],), tensor_seed(seed, index, 0, "tau"), p.device).to(
+    def tau(self, index: int, seed: int, direction: int = 0) -> torch.Tensor:
+        """τ_t of matrix `index` (r numbers), regenerated from s_{t,j,i,"tau"} in every pass."""
+        p = self.tensors[index]
+        return self.engine.draw((self.ranks[index],), tensor_seed(seed, index, direction, "tau"), p.device).to(
             state_dtype(p))
 
     def direction(self, index: int, seed: int) -> torch.Tensor:
@@ -208,7 +205,7 @@ class TeZO(TwoPointZO):
                     factors: tuple[torch.Tensor, torch.Tensor] | None = None) -> None:
         """W ← β·W + U·diag(coef)·Vᵀ in place on W's storage, never holding an m×n temporary for fp32 weights.
         `factors`: (U, V) when the caller already holds them (so regenerated factors are drawn once per pass)."""
-        p = self._tensors[index]
+        p = self.tensors[index]
         u, v = factors or self.factors(index)
         m, n = p.shape
         if p.dtype == u.dtype:
@@ -226,116 +223,102 @@ class TeZO(TwoPointZO):
             ub = u[a:a + rows]
             block = torch.mm(ub, vc, out=buf[:ub.shape[0] * n].view(ub.shape[0], n))
             target = p[a:a + rows]
-            scale_(target, beta)
-            add_(target, block)
+            self.ops.scale_(target, beta)
+            self.ops.add_(target, block)
 
     @torch.no_grad()
-    def perturb(self, seed: int, scale: float, probe: int = 0) -> None:
-        """θ ← θ + scale·Z_t: low-rank for matrices, dense z for the other tensors (one pass)."""
+    def perturb_tensor(self, index: int, seed: int, scale: float, direction: int = 0) -> None:
+        """θ_i ← θ_i + scale·Z_t,i: low-rank for a matrix, dense z for another tensor."""
+        if self.ranks[index]:
+            self.add_lowrank(index, self.tau(index, seed, direction) * (scale * self.scale(index)))
+        else:
+            self.engine.axpy_(index, seed, scale, direction)
+
+    @torch.no_grad()
+    def perturb(self, seed: int, scale: float, direction: int = 0) -> None:
+        """θ ← θ + scale·Z_t (one pass)."""
         self.engine.count_pass()
-        for i, p in enumerate(self._tensors):
-            if self.ranks[i]:
-                self.add_lowrank(i, self.tau(i, seed) * (scale * self.scale(i)))
-            else:
-                self.engine.axpy_(i, seed, scale, probe)
+        for i in range(len(self.tensors)):
+            self.perturb_tensor(i, seed, scale, direction)
 
     # -- P3 -----------------------------------------------------------------------------------------------
-    def _update(self, seed: int, g: float) -> None:
-        self.engine.count_pass()
-        eps = self.eps
-        for i, p in enumerate(self._tensors):
-            c, lr = self.decay_factor(i), self.hyper(i)["lr"]
-            if self.ranks[i]:
-                # W ← c·W + s·U·diag((c·ε − η·κ)·τ)·Vᵀ = c·W_orig − η·κ·Z_t, one addmm
-                self.add_lowrank(i, self.tau(i, seed) * ((c * eps - lr * g) * self.scale(i)), beta=c)
-            else:  # MeZO's fused P3 on the dense tensor
-                scale_(p, c)
-                self.engine.axpy_(i, seed, c * eps - lr * g)
+    def update_tensor(self, index: int, seed: int, record: dict, t: int) -> None:
+        p, c, lr, g = self.tensors[index], self.decay_factor(index), self.hyper(index)["lr"], record["projected_grad"]
+        if self.ranks[index]:
+            # W ← c·W + s·U·diag((c·ε − η·κ)·τ)·Vᵀ = c·W_orig − η·κ·Z_t, one addmm
+            self.add_lowrank(index, self.tau(index, seed) * ((c * self.eps - lr * g) * self.scale(index)), beta=c)
+        else:  # MeZO's fused P3 on the dense tensor
+            self.ops.scale_(p, c)
+            self.engine.axpy_(index, seed, c * self.eps - lr * g)
 
 
 class TeZOM(TeZO):
     """TeZO with momentum kept in the r-dimensional coefficient space (r numbers per matrix).
 
-    Args (beyond TeZO's): momentum: β of m_t = β·m_{t−1} + (1−β)·κ_t·τ_t (an EMA, as in the paper).
+    Options (beyond TeZO's): momentum, β of m_t = β·m_{t−1} + (1−β)·κ_t·τ_t (an EMA, as in the paper).
     """
 
     summary = "TeZO with momentum in r-space: +r numbers per matrix; momentum at MeZO's memory"
     state_desc = "r fp32 per matrix (+ dense for 1-D) + cached factors"
-    config_keys = TeZO.config_keys + ("momentum",)
-    default_momentum = 0.9
+    options = OPTIONS + (MOMENTUM,)
 
-    def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, momentum: float | None = None, **kw):
-        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
-                         momentum=resolve_momentum(momentum, self.default_momentum), **kw)
-
-    def _init_state(self) -> None:
-        for i, p in enumerate(self._tensors):
+    def _init_moments(self) -> None:
+        for i, p in enumerate(self.tensors):
             self.state[p]["exp_avg"] = torch.zeros(self.moment_shape(i), dtype=state_dtype(p), device=p.device)
 
-    def _update(self, seed: int, g: float) -> None:
-        self.engine.count_pass()
-        eps = self.eps
-        for i, p in enumerate(self._tensors):
-            group, c = self.hyper(i), self.decay_factor(i)
-            beta, lr, m = group["momentum"], group["lr"], self.state[p]["exp_avg"]
-            if self.ranks[i]:
-                tau = self.tau(i, seed)
-                m.mul_(beta).add_(tau, alpha=(1.0 - beta) * g)
-                # c·(W + ε·s·U diag(τ) Vᵀ) − η·s·U diag(m) Vᵀ in one addmm
-                self.add_lowrank(i, (tau * (c * eps) - m * lr) * self.scale(i), beta=c)
-            else:
-                z = self.engine.noise(i, seed)
-                add_(p, z, eps)
-                scale_(p, c)
-                m.mul_(beta).add_(z, alpha=(1.0 - beta) * g)
-                add_(p, m, -lr)
+    def update_tensor(self, index: int, seed: int, record: dict, t: int) -> None:
+        p, group, c, g = self.tensors[index], self.hyper(index), self.decay_factor(index), record["projected_grad"]
+        beta, lr, m = group["momentum"], group["lr"], self.state[p]["exp_avg"]
+        if self.ranks[index]:
+            tau = self.tau(index, seed)
+            m.mul_(beta).add_(tau, alpha=(1.0 - beta) * g)
+            # c·(W + ε·s·U diag(τ) Vᵀ) − η·s·U diag(m) Vᵀ in one addmm
+            self.add_lowrank(index, (tau * (c * self.eps) - m * lr) * self.scale(index), beta=c)
+        else:
+            z = self.engine.noise(index, seed)
+            self.ops.add_(p, z, self.eps)
+            self.ops.scale_(p, c)
+            m.mul_(beta).add_(z, alpha=(1.0 - beta) * g)
+            self.ops.add_(p, m, -lr)
 
 
 class TeZOAdam(TeZO):
     """TeZO with Adam moments in r-space (2r numbers per matrix) and a separable second moment.
 
-    Args (beyond TeZO's): momentum (β1), beta2 (β2), adam_eps (δ).
+    Options (beyond TeZO's): momentum (β1), beta2 (β2), adam_eps (δ).
     """
 
     summary = ("TeZO with Adam moments in r-space: +2r numbers per matrix; Adam-style steps below MeZO-SGD's "
                "memory")
     state_desc = "2r fp32 per matrix (+ dense 2× for 1-D) + cached factors"
-    config_keys = TeZO.config_keys + ("momentum", "beta2", "adam_eps")
-    default_lr = 1e-5  # the paper's Adam-type grid {1e-4, 3e-5, 1e-5, 3e-6} (§4.4)
-    default_momentum, default_beta2, default_adam_eps = 0.9, 0.999, 1e-8
-
-    def __init__(self, params, lr=None, eps=None, weight_decay=0.0, seed=0, momentum: float | None = None,
-                 beta2: float | None = None, adam_eps: float | None = None, **kw):
-        super().__init__(params, lr=lr, eps=eps, weight_decay=weight_decay, seed=seed,
-                         **resolve_adam(type(self), momentum, beta2, adam_eps), **kw)
-
-    def _init_state(self) -> None:
-        for i, p in enumerate(self._tensors):
-            self.state[p].update(dense_adam_state(p, self.moment_shape(i)))
-
-    def _update(self, seed: int, g: float) -> None:
-        self.engine.count_pass()
-        eps = self.eps
-        for i, p in enumerate(self._tensors):
-            group, c = self.hyper(i), self.decay_factor(i)
-            corrections = self.bias_corrections(group["momentum"], group["beta2"])
-            if not self.ranks[i]:
-                adam_dense_update(p, self.engine.noise(i, seed), self.state[p], g, self.engine.scratch(i, 0),
-                                  group, eps, c, corrections)
-                continue
-            m, v = self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"]
-            tau = self.tau(i, seed)
-            m.mul_(group["momentum"]).add_(tau, alpha=(1.0 - group["momentum"]) * g)
-            v.mul_(group["beta2"]).addcmul_(tau, tau, value=(1.0 - group["beta2"]) * g * g)
-            s = self.scale(i)
-            factors = self.factors(i)
-            self.add_lowrank(i, tau * (c * eps * s), beta=c, factors=factors)   # restore and decay: c·W_orig
-            self._adam_step(i, m * (s / corrections[0]), v * (s * s / corrections[1]), group, factors)
-
+    options = OPTIONS + ADAM_OPTIONS
+    default_lr = 1e-5  # the paper's Adam-type grid {1e-4, 3e-5, 1e-5, 3e-6}
+    lr_grid = "own"
     scratch_slots = 1  # the dense denominator of 1-D tensors
 
+    def _init_moments(self) -> None:
+        for i, p in enumerate(self.tensors):
+            self.state[p].update(dense_adam_state(p, self.moment_shape(i)))
+
+    def update_tensor(self, index: int, seed: int, record: dict, t: int) -> None:
+        p, group, c, g = self.tensors[index], self.hyper(index), self.decay_factor(index), record["projected_grad"]
+        corrections = self.bias_corrections(group["momentum"], group["beta2"], t)
+        if not self.ranks[index]:
+            adam_dense_update(self.ops, p, self.engine.noise(index, seed), self.state[p], g,
+                              self.engine.scratch(index, 0), group, self.eps, c, corrections)
+            return
+        m, v = self.state[p]["exp_avg"], self.state[p]["exp_avg_sq"]
+        tau = self.tau(index, seed)
+        m.mul_(group["momentum"]).add_(tau, alpha=(1.0 - group["momentum"]) * g)
+        v.mul_(group["beta2"]).addcmul_(tau, tau, value=(1.0 - group["beta2"]) * g * g)
+        s = self.scale(index)
+        factors = self.factors(index)
+        self.add_lowrank(index, tau * (c * self.eps * s), beta=c, factors=factors)   # restore and decay: c·W_orig
+        self._adam_step(index, m * (s / corrections[0]), v * (s * s / corrections[1]), group, factors)
+
+
     def transient_bytes(self) -> int:
-        matrices = [(p, r) for p, r in zip(self._tensors, self.ranks) if r]
+        matrices = [(p, r) for p, r in zip(self.tensors, self.ranks) if r]
         if not matrices:
             return super().transient_bytes()
         # numerator and denominator row blocks, U⊙U of a block, and (V⊙m̂, V⊙V⊙v̂) of the widest matrix
@@ -346,7 +329,7 @@ class TeZOAdam(TeZO):
     def _adam_step(self, index: int, m_hat: torch.Tensor, v_hat: torch.Tensor, group: dict,
                    factors: tuple[torch.Tensor, torch.Tensor]) -> None:
         """W ← W − η·(U diag(m̂) Vᵀ) / (√((U⊙U) diag(v̂) (V⊙V)ᵀ) + δ), built in row blocks of ≤ 16 MiB each."""
-        p = self._tensors[index]
+        p = self.tensors[index]
         u, v = factors
         n = p.shape[1]
         vm, vv = (v * m_hat).t(), (v * v * v_hat).t()
@@ -360,4 +343,4 @@ class TeZOAdam(TeZO):
             num = torch.mm(ub, vm, out=num_buf[:k * n].view(k, n))
             den = torch.mm(ub * ub, vv, out=den_buf[:k * n].view(k, n))
             den.sqrt_().add_(group["adam_eps"])
-            addcdiv_(p[a:a + rows], num, den, -group["lr"])
+            self.ops.addcdiv_(p[a:a + rows], num, den, -group["lr"])
