@@ -12,7 +12,7 @@ from collections.abc import Sequence
 
 import torch
 
-from zoft.scoring import MAX_NEW_TOKENS, Encoded, _forward_kwargs, _left_pad
+from zoft.encoding import MAX_NEW_TOKENS, Encoded, forward_kwargs, left_pad
 from zoft.tasks.metrics import best_exact_match, best_f1
 
 
@@ -41,8 +41,8 @@ def _uses_cache(model) -> bool:
 def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], pad_id: int,
                     device: torch.device | str = "cpu", max_new_tokens: int = MAX_NEW_TOKENS) -> list[str]:
     """Greedy continuations of `prompts` (token id lists), each cut at the first newline or EOS, stripped."""
-    ids, mask, positions = (t.to(device) for t in _left_pad(prompts, pad_id))
-    accepted = _forward_kwargs(model)
+    ids, mask, positions = (t.to(device) for t in left_pad(prompts, pad_id))
+    accepted = forward_kwargs(model)
     eos = tokenizer.eos_token_id
     n = ids.shape[0]
     done = torch.zeros(n, dtype=torch.bool, device=device)

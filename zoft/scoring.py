@@ -19,96 +19,16 @@ holds for every example of the batch; the scores equal the one-row-per-candidate
 
 from __future__ import annotations
 
-import inspect
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
 
-from zoft.tasks import Example, GenExample
-
-
-@dataclass(frozen=True)
-class Encoded:
-    """One example tokenised: a token list per candidate, each candidate's option length, and the gold index.
-
-    Generation examples have one row (prompt + target) and also carry the prompt alone (`prompt`, left-truncated
-    so that `MAX_NEW_TOKENS` still fit) and the gold `answers`. `golds` lists every candidate counted correct
-    (ReCoRD); empty means `(label,)`.
-    """
-
-    rows: tuple[tuple[int, ...], ...]
-    option_lens: tuple[int, ...]
-    label: int
-    golds: tuple[int, ...] = ()
-    prompt: tuple[int, ...] = ()
-    answers: tuple[str, ...] = ()
-
-    @property
-    def correct(self) -> tuple[int, ...]:
-        return self.golds or (self.label,)
-
-    def gold_only(self) -> "Encoded":
-        """The gold row alone: what token-level cross-entropy trains on (COPA, ReCoRD, generation)."""
-        return Encoded((self.rows[self.label],), (self.option_lens[self.label],), 0)
-
-
-#: generation budget (ALGORITHMS.md §8.4): at most 50 new tokens, cut at the first newline or EOS
-MAX_NEW_TOKENS = 50
-
-
-def _truncate_left(ids: list[int], max_length: int, bos: int | None) -> list[int]:
-    """Drop tokens from the left so `ids` fits, keeping a leading BOS."""
-    if len(ids) <= max_length:
-        return ids
-    keep_bos = bos is not None and ids[0] == bos
-    return ids[:1] + ids[len(ids) - max_length + 1:] if keep_bos else ids[len(ids) - max_length:]
-
-
-def encode_examples(tokenizer, examples: Sequence[Example | GenExample], max_length: int = 2048,
-                    context: str = "") -> list[Encoded]:
-    """Tokenise every (prompt, candidate) pair once, with left truncation that keeps BOS.
-
-    `context` is put in front of every prompt: the in-context demonstrations of `zoft eval --icl`.
-    """
-    out = []
-    bos = tokenizer.bos_token_id
-    for ex in examples:
-        prompt = context + ex.prompt
-        prompt_ids = tokenizer(prompt).input_ids
-        generation = isinstance(ex, GenExample)
-        rows, lens = [], []
-        for cand in ((ex.target,) if generation else ex.candidates):
-            ids = tokenizer(prompt + cand).input_ids
-            option_len = len(ids) - len(prompt_ids)
-            if option_len < 1:
-                raise ValueError(f"candidate {cand!r} adds no token to prompt {ex.prompt[-40:]!r}")
-            ids = _truncate_left(ids, max_length, bos)
-            option_len = min(option_len, len(ids) - 1)
-            rows.append(tuple(ids))
-            lens.append(option_len)
-        if generation:
-            gen_prompt = _truncate_left(prompt_ids, max(max_length - MAX_NEW_TOKENS, 2), bos)
-            out.append(Encoded(tuple(rows), tuple(lens), 0, prompt=tuple(gen_prompt), answers=ex.answers))
-        else:
-            out.append(Encoded(tuple(rows), tuple(lens), ex.label, golds=ex.golds))
-    return out
-
-
-def fit_length(model, max_length: int, virtual_tokens: int = 0) -> int:
-    """`max_length` capped at the positions the model has (`max_position_embeddings`, less prefix/prompt
-    tokens): a longer row would index past the position table. MeZO's 2 048 equals OPT's table."""
-    config = getattr(model, "config", None)
-    limit = getattr(config, "max_position_embeddings", None) if config is not None else None
-    return min(max_length, limit - virtual_tokens) if isinstance(limit, int) else max_length
-
-
-def pad_id(tokenizer) -> int:
-    for tid in (tokenizer.pad_token_id, tokenizer.eos_token_id, 0):
-        if tid is not None:
-            return tid
-    return 0
+from zoft.encoding import Encoded, forward_kwargs, left_pad
+# re-exported: callers tokenise and pad through zoft.scoring
+from zoft.encoding import encode_examples as encode_examples, fit_length as fit_length, pad_id as pad_id
+from zoft.generate import generation_metrics
 
 
 @dataclass
@@ -132,18 +52,6 @@ def shares_prompt(example: Encoded) -> bool:
     return all(n == 1 for n in example.option_lens) and len({r[:-1] for r in example.rows}) == 1
 
 
-def _left_pad(rows: Sequence[Sequence[int]], pad_id: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """(ids, mask, positions) of rows left-padded to the longest one (not to a fixed length)."""
-    width = max(len(r) for r in rows)
-    ids = torch.full((len(rows), width), pad_id, dtype=torch.long)
-    mask = torch.zeros((len(rows), width), dtype=torch.long)
-    for i, r in enumerate(rows):
-        ids[i, width - len(r):] = torch.tensor(r, dtype=torch.long)
-        mask[i, width - len(r):] = 1
-    # positions count real tokens only, so a left-padded row is positioned exactly like an unpadded one
-    return ids, mask, (mask.cumsum(1) - 1).clamp(min=0)
-
-
 def collate(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str = "cpu",
             share: bool = True) -> Batch:
     """Left-pad the batch's rows on `device`: one row per example when every example `shares_prompt` (and
@@ -151,7 +59,7 @@ def collate(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str 
     labels = torch.tensor([e.label for e in encoded], device=device)
     num_candidates = max(len(e.rows) for e in encoded)
     if share and all(shares_prompt(e) for e in encoded):
-        ids, mask, positions = _left_pad([e.rows[0][:-1] for e in encoded], pad_id)
+        ids, mask, positions = left_pad([e.rows[0][:-1] for e in encoded], pad_id)
         cand = torch.full((len(encoded), num_candidates), -1, dtype=torch.long)
         for i, e in enumerate(encoded):
             cand[i, :len(e.rows)] = torch.tensor([r[-1] for r in e.rows])
@@ -163,7 +71,7 @@ def collate(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str 
     rows = [r for e in encoded for r in e.rows]
     opt_lens = [o for e in encoded for o in e.option_lens]
     k = max(opt_lens)
-    ids, mask, positions = _left_pad(rows, pad_id)
+    ids, mask, positions = left_pad(rows, pad_id)
     width = ids.shape[1]
     target_mask = (torch.arange(k).unsqueeze(0) >= k - torch.tensor(opt_lens).unsqueeze(1)).float()
     row_ex = torch.tensor([i for i, e in enumerate(encoded) for _ in e.rows])
@@ -172,17 +80,9 @@ def collate(encoded: Sequence[Encoded], pad_id: int, device: torch.device | str 
                  target_mask.to(device), row_ex.to(device), row_cand.to(device), labels, num_candidates)
 
 
-def _forward_kwargs(model) -> set[str]:
-    cached = getattr(model, "_zoft_forward_kwargs", None)
-    if cached is None:
-        cached = set(inspect.signature(model.forward).parameters)
-        model._zoft_forward_kwargs = cached
-    return cached
-
-
 def _model_kwargs(model, batch: Batch, keep: int) -> dict:
     kwargs = {"input_ids": batch.input_ids, "attention_mask": batch.attention_mask, "use_cache": False}
-    accepted = _forward_kwargs(model)
+    accepted = forward_kwargs(model)
     if "position_ids" in accepted:
         kwargs["position_ids"] = batch.position_ids
     if "logits_to_keep" in accepted:
@@ -286,8 +186,6 @@ def evaluate(model, encoded: Sequence[Encoded], pad_id: int, batch_size: int = 1
             nll, tokens = nll + float(total), tokens + count
         result["loss"] = nll / max(tokens, 1)
     if objective == "generation":
-        from zoft.generate import generation_metrics
-
         if tokenizer is None:
             raise ValueError("generation tasks need the tokenizer to decode")
         predictions: list[str | None] = [None] * len(encoded)

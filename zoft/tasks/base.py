@@ -567,3 +567,26 @@ def load_splits(
         raise TaskDataError(f"task {task.name}: {train_source} has no train rows; check the file")
     return sample_splits(train_records, eval_records, task, num_train, num_dev, num_eval, seed, source=source,
                          per_label=per_label)
+
+
+# -- helpers the task converters share ----------------------------------------------------------------------
+#: the Hub's split names for zoft's train/eval splits
+HUB_SPLITS = {"train": "train", "eval": "validation"}
+
+
+def record_field(record: dict, names: tuple[str, ...], task: str) -> Any:
+    """Return the first of ``names`` present in ``record`` (layouts differ between Hub and files)."""
+    for name in names:
+        if name in record:
+            return record[name]
+    raise TaskDataError(
+        f"{task} record has no '{names[0]}' field (fields: {', '.join(map(str, record))}); check the data file format"
+    )
+
+
+def label_index(value: Any, mapping: dict[str, int], task: str) -> int:
+    """Map a raw label (int, bool or string) to a candidate index via its lower-cased text."""
+    key = str(value).strip().lower()
+    if key not in mapping:
+        raise TaskDataError(f"{task} label {value!r} is not one of {', '.join(sorted(mapping))}; check the data file")
+    return mapping[key]

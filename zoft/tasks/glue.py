@@ -7,29 +7,7 @@ loading produce identical examples.
 
 from __future__ import annotations
 
-from typing import Any
-
-from zoft.tasks.base import Example, Task, TaskDataError
-
-HUB_SPLITS = {"train": "train", "eval": "validation"}
-
-
-def field(record: dict, names: tuple[str, ...], task: str) -> Any:
-    """Return the first of ``names`` present in ``record`` (layouts differ between Hub and files)."""
-    for name in names:
-        if name in record:
-            return record[name]
-    raise TaskDataError(
-        f"{task} record has no '{names[0]}' field (fields: {', '.join(map(str, record))}); check the data file format"
-    )
-
-
-def label_index(value: Any, mapping: dict[str, int], task: str) -> int:
-    """Map a raw label (int, bool or string) to a candidate index via its lower-cased text."""
-    key = str(value).strip().lower()
-    if key not in mapping:
-        raise TaskDataError(f"{task} label {value!r} is not one of {', '.join(sorted(mapping))}; check the data file")
-    return mapping[key]
+from zoft.tasks.base import HUB_SPLITS, Example, Task, label_index, record_field
 
 
 def sst2_example(record: dict) -> Example:
@@ -37,8 +15,8 @@ def sst2_example(record: dict) -> Example:
 
     GLUE TSV sentences end with a space before the tab, hence the strip.
     """
-    sentence = str(field(record, ("sentence",), "sst2")).strip()
-    label = label_index(field(record, ("label",), "sst2"), {"0": 0, "1": 1}, "sst2")
+    sentence = str(record_field(record, ("sentence",), "sst2")).strip()
+    label = label_index(record_field(record, ("label",), "sst2"), {"0": 0, "1": 1}, "sst2")
     return Example(prompt=f"{sentence} It was", candidates=(" terrible", " great"), label=label)
 
 
@@ -48,10 +26,10 @@ def rte_example(record: dict) -> Example:
     Files carry "entailment"/"not_entailment"; the Hub carries 0 = entailment.
     ``sentence1``/``sentence2`` (GLUE layout) are accepted as premise/hypothesis.
     """
-    premise = field(record, ("premise", "sentence1"), "rte")
-    hypothesis = field(record, ("hypothesis", "sentence2"), "rte")
+    premise = record_field(record, ("premise", "sentence1"), "rte")
+    hypothesis = record_field(record, ("hypothesis", "sentence2"), "rte")
     mapping = {"entailment": 0, "not_entailment": 1, "0": 0, "1": 1}
-    label = label_index(field(record, ("label",), "rte"), mapping, "rte")
+    label = label_index(record_field(record, ("label",), "rte"), mapping, "rte")
     prompt = f'{premise}\nDoes this mean that "{hypothesis}" is true? Yes or No?\n'
     return Example(prompt=prompt, candidates=("Yes", "No"), label=label)
 
@@ -62,11 +40,11 @@ def boolq_example(record: dict) -> Example:
     The question is capitalised and ends with exactly one ``?``. The label is
     ``label`` (SuperGLUE files, bool or 0/1) or ``answer`` (google/boolq, bool).
     """
-    passage = field(record, ("passage",), "boolq")
-    question = str(field(record, ("question",), "boolq")).strip().rstrip("?").rstrip()
+    passage = record_field(record, ("passage",), "boolq")
+    question = str(record_field(record, ("question",), "boolq")).strip().rstrip("?").rstrip()
     question = question[:1].upper() + question[1:]
     mapping = {"false": 0, "true": 1, "0": 0, "1": 1}
-    label = label_index(field(record, ("label", "answer"), "boolq"), mapping, "boolq")
+    label = label_index(record_field(record, ("label", "answer"), "boolq"), mapping, "boolq")
     return Example(prompt=f"{passage} {question}?\n", candidates=("No", "Yes"), label=label)
 
 

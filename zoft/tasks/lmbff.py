@@ -16,8 +16,7 @@ left as for every task.
 
 from __future__ import annotations
 
-from zoft.tasks.base import Example, Task, TaskDataError
-from zoft.tasks.glue import HUB_SPLITS, field, label_index
+from zoft.tasks.base import HUB_SPLITS, Example, Task, TaskDataError, label_index, record_field
 
 
 def _unquote(text: str) -> str:
@@ -30,8 +29,8 @@ SST5_WORDS = (" terrible", " bad", " okay", " good", " great")
 
 
 def sst5_example(record: dict) -> Example:
-    sentence = _unquote(str(field(record, ("sentence", "text"), "sst5")))
-    label = label_index(field(record, ("label",), "sst5"), {str(i): i for i in range(5)}, "sst5")
+    sentence = _unquote(str(record_field(record, ("sentence", "text"), "sst5")))
+    label = label_index(record_field(record, ("label",), "sst5"), {str(i): i for i in range(5)}, "sst5")
     return Example(prompt=f"{sentence} It was", candidates=SST5_WORDS, label=label)
 
 
@@ -54,9 +53,9 @@ def nli_flatten(records: list[dict]) -> list[dict]:
 
 
 def nli_example(record: dict, task: str = "nli") -> Example:
-    s1 = str(field(record, ("premise", "sentence1"), task)).strip()
-    s2 = str(field(record, ("hypothesis", "sentence2"), task)).strip()
-    label = label_index(field(record, ("gold_label", "label"), task), _NLI_MAP, task)
+    s1 = str(record_field(record, ("premise", "sentence1"), task)).strip()
+    s2 = str(record_field(record, ("hypothesis", "sentence2"), task)).strip()
+    label = label_index(record_field(record, ("gold_label", "label"), task), _NLI_MAP, task)
     s1 = s1.rstrip(".?!,;:").rstrip()
     s2 = s2[:1].lower() + s2[1:]
     return Example(prompt=f"{s1}?", candidates=tuple(f" {w}, {s2}" for w in _NLI_WORDS), label=label)
@@ -90,8 +89,8 @@ def trec_flatten(records: list[dict]) -> list[dict]:
 
 
 def trec_example(record: dict) -> Example:
-    question = str(field(record, ("question", "text"), "trec")).strip()
-    coarse = str(field(record, ("coarse", "label"), "trec")).strip().upper()
+    question = str(record_field(record, ("question", "text"), "trec")).strip()
+    coarse = str(record_field(record, ("coarse", "label"), "trec")).strip().upper()
     if coarse not in TREC_COARSE:
         raise TaskDataError(f"trec label {coarse!r} is not one of {', '.join(TREC_COARSE)}; check the data file")
     return Example(prompt=f"{question} Answer type:", candidates=TREC_WORDS, label=TREC_COARSE.index(coarse))

@@ -6,8 +6,7 @@ tokens, cut at the first newline or EOS, scored by token F1 (and exact match) ag
 
 from __future__ import annotations
 
-from zoft.tasks.base import GenExample, Task, TaskDataError
-from zoft.tasks.glue import HUB_SPLITS, field
+from zoft.tasks.base import HUB_SPLITS, GenExample, Task, TaskDataError, record_field
 
 
 def squad_flatten(records: list[dict]) -> list[dict]:
@@ -42,8 +41,8 @@ def squad_example(record: dict) -> GenExample:
 
     **[zoft]** Rows without a title (the simplified train subset in shared/data) leave out the Title line.
     """
-    context, question = field(record, ("context",), "squad"), field(record, ("question",), "squad")
-    answers = _answers(field(record, ("answers",), "squad"), "squad")
+    context, question = record_field(record, ("context",), "squad"), record_field(record, ("question",), "squad")
+    answers = _answers(record_field(record, ("answers",), "squad"), "squad")
     title = str(record.get("title") or "").replace("_", " ")
     head = f"Title: {title}\n" if title else ""
     prompt = f"{head}Context: {context}\nQuestion: {question}\nAnswer:"
@@ -82,8 +81,8 @@ def _drop_answers(qa: dict) -> list[str]:
 
 def drop_example(record: dict) -> GenExample:
     """``Passage: {passage}\\nQuestion: {question}\\nAnswer:`` → `` {answers_spans[0]}\\n``."""
-    passage, question = field(record, ("passage",), "drop"), field(record, ("question",), "drop")
-    answers = _answers(field(record, ("answers_spans", "answers"), "drop"), "drop")
+    passage, question = record_field(record, ("passage",), "drop"), record_field(record, ("question",), "drop")
+    answers = _answers(record_field(record, ("answers_spans", "answers"), "drop"), "drop")
     return GenExample(prompt=f"Passage: {passage}\nQuestion: {question}\nAnswer:", target=f" {answers[0]}\n",
                       answers=answers)
 

@@ -7,15 +7,14 @@ layouts (MultiRC's paragraph → questions → answers, ReCoRD's passage → que
 
 from __future__ import annotations
 
-from zoft.tasks.base import Example, Task, TaskDataError
-from zoft.tasks.glue import HUB_SPLITS, field, label_index
+from zoft.tasks.base import HUB_SPLITS, Example, Task, TaskDataError, label_index, record_field
 
 
 def cb_example(record: dict) -> Example:
     """CB: ``Suppose {premise} Can we infer that "{hypothesis}"? Yes, No, or Maybe?\\n`` → Yes / No / Maybe."""
-    premise, hypothesis = field(record, ("premise",), "cb"), field(record, ("hypothesis",), "cb")
+    premise, hypothesis = record_field(record, ("premise",), "cb"), record_field(record, ("hypothesis",), "cb")
     # Hub: 0 entailment, 1 contradiction, 2 neutral (the candidate order)
-    label = label_index(field(record, ("label",), "cb"),
+    label = label_index(record_field(record, ("label",), "cb"),
                         {"entailment": 0, "contradiction": 1, "neutral": 2, "0": 0, "1": 1, "2": 2}, "cb")
     prompt = f'Suppose {premise} Can we infer that "{hypothesis}"? Yes, No, or Maybe?\n'
     return Example(prompt=prompt, candidates=("Yes", "No", "Maybe"), label=label)
@@ -31,18 +30,18 @@ def wsc_example(record: dict) -> Example:
     layouts are mixed in ``shared/data/wsc`` (``wsc_train.jsonl`` flat, ``train.jsonl``/``val.jsonl`` nested).
     """
     spans = record["target"] if isinstance(record.get("target"), dict) else record
-    span1 = field(spans, ("span1_text",), "wsc")
-    span2 = str(field(spans, ("span2_text",), "wsc")).lower()
-    text = field(record, ("text",), "wsc")
-    label = label_index(field(record, ("label",), "wsc"), _BOOL, "wsc")
+    span1 = record_field(spans, ("span1_text",), "wsc")
+    span2 = str(record_field(spans, ("span2_text",), "wsc")).lower()
+    text = record_field(record, ("text",), "wsc")
+    label = label_index(record_field(record, ("label",), "wsc"), _BOOL, "wsc")
     prompt = f'{text}\nIn the previous sentence, does the pronoun "{span2}" refer to {span1}? Yes or No?\n'
     return Example(prompt=prompt, candidates=("No", "Yes"), label=label)
 
 
 def wic_example(record: dict) -> Example:
     """WiC: ``Does the word "{word}" have the same meaning in these two sentences? Yes, No?\\n{s1}\\n{s2}\\n``."""
-    word, s1, s2 = (field(record, (k,), "wic") for k in ("word", "sentence1", "sentence2"))
-    label = label_index(field(record, ("label",), "wic"), _BOOL, "wic")
+    word, s1, s2 = (record_field(record, (k,), "wic") for k in ("word", "sentence1", "sentence2"))
+    label = label_index(record_field(record, ("label",), "wic"), _BOOL, "wic")
     prompt = f'Does the word "{word}" have the same meaning in these two sentences? Yes, No?\n{s1}\n{s2}\n'
     return Example(prompt=prompt, candidates=("No", "Yes"), label=label)
 
@@ -65,8 +64,8 @@ def multirc_flatten(records: list[dict]) -> list[dict]:
 
 def multirc_example(record: dict) -> Example:
     """MultiRC, scored per (question, answer) pair: ``...I found this answer "{answer}". Is that correct?``."""
-    paragraph, question, answer = (field(record, (k,), "multirc") for k in ("paragraph", "question", "answer"))
-    label = label_index(field(record, ("label",), "multirc"), _BOOL, "multirc")
+    paragraph, question, answer = (record_field(record, (k,), "multirc") for k in ("paragraph", "question", "answer"))
+    label = label_index(record_field(record, ("label",), "multirc"), _BOOL, "multirc")
     prompt = (f'{paragraph}\nQuestion: {question}\nI found this answer "{answer}". Is that correct? '
               f"Yes or No?\n")
     return Example(prompt=prompt, candidates=("No", "Yes"), label=label)
@@ -81,14 +80,14 @@ def _copa_choice(text: str) -> str:
 def copa_example(record: dict) -> Example:
     """COPA: ``{premise without final .} so`` (effect) / ``because`` (cause) + `` {choice}``, first letter
     lower-cased unless the word is "I"; trained by token cross-entropy on the gold choice (MeZO)."""
-    premise = str(field(record, ("premise",), "copa")).strip()
+    premise = str(record_field(record, ("premise",), "copa")).strip()
     premise = premise[:-1] if premise.endswith(".") else premise
-    question = str(field(record, ("question",), "copa")).strip().lower()
+    question = str(record_field(record, ("question",), "copa")).strip().lower()
     if question not in ("cause", "effect"):
         raise TaskDataError(f"copa question {question!r} is not 'cause' or 'effect'; check the data file")
     connector = "because" if question == "cause" else "so"
-    choices = tuple(" " + _copa_choice(str(field(record, (k,), "copa")).strip()) for k in ("choice1", "choice2"))
-    label = label_index(field(record, ("label",), "copa"), {"0": 0, "1": 1}, "copa")
+    choices = tuple(" " + _copa_choice(str(record_field(record, (k,), "copa")).strip()) for k in ("choice1", "choice2"))
+    label = label_index(record_field(record, ("label",), "copa"), {"0": 0, "1": 1}, "copa")
     return Example(prompt=f"{premise} {connector}", candidates=choices, label=label)
 
 
@@ -111,10 +110,10 @@ def record_flatten(records: list[dict]) -> list[dict]:
 def record_example(record: dict) -> Example:
     """ReCoRD: the passage (``@highlight\\n`` → ``- ``) then ``\\n- `` + the query with each entity in
     ``@placeholder``; gold = any entity in ``answers``; trained on the first gold (token cross-entropy)."""
-    passage = str(field(record, ("passage",), "record")).replace("@highlight\n", "- ")
-    query = str(field(record, ("query",), "record"))
-    entities = list(dict.fromkeys(field(record, ("entities",), "record")))  # dedupe, keep order
-    answers = set(field(record, ("answers",), "record"))
+    passage = str(record_field(record, ("passage",), "record")).replace("@highlight\n", "- ")
+    query = str(record_field(record, ("query",), "record"))
+    entities = list(dict.fromkeys(record_field(record, ("entities",), "record")))  # dedupe, keep order
+    answers = set(record_field(record, ("answers",), "record"))
     golds = tuple(i for i, e in enumerate(entities) if e in answers)
     if not golds:
         raise TaskDataError("record row has no answer among its entities; check the data file")
