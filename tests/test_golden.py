@@ -10,7 +10,8 @@ kernels may round differently, so there the numbers are compared to 1e-5 relativ
 checksums are skipped. Regenerate the file only for a change that is meant to alter trajectories, and say so in
 the commit:
 
-    python tests/test_golden.py --write
+    python tests/test_golden.py --write   # every run
+    python tests/test_golden.py --add     # only runs the file lacks (a new algorithm's), the others kept as they are
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ RUNS: dict[str, tuple[str, tuple[str, ...], str]] = {
                               "--tezo-factors", "regenerate", "--tezo-scale", "none"), "cli"),
     "tezo-m": ("llama", ("--algo", "tezo-m", "--rank", "4"), "cli"),
     "tezo-adam": ("opt", ("--algo", "tezo-adam", "--rank", "4", "--weight-decay", "0.1"), "cli"),
+    "zo-sgd-sign": ("opt", ("--algo", "zo-sgd-sign", "--lr", "1e-4", "--weight-decay", "0.1"), "cli"),
+    "zo-sgd-sign-elementwise": ("llama", ("--algo", "zo-sgd-sign", "--sign-mode", "elementwise", "--lr", "1e-4"),
+                                "cli"),
     "fo-adam": ("llama", ("--algo", "fo-adam", "--lr", "1e-4"), "cli"),
     "mezo-lora": ("opt", ("--algo", "mezo", "--mode", "lora", "--lora-r", "4"), "cli"),
     "zo-adam-lora": ("llama", ("--algo", "zo-adam", "--mode", "lora"), "cli"),
@@ -68,6 +72,8 @@ RUNS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "offload-hizoo-l": ("llama", ("--algo", "hizoo-l", *_HIZOO, "--offload", "cpu"), "offload"),
     "offload-hizoo-sr": ("opt", ("--algo", "hizoo", *_HIZOO, "--offload", "cpu", "--dtype", "bfloat16",
                                  "--stochastic-rounding"), "offload"),
+    "offload-zo-sgd-sign-elementwise": ("opt", ("--algo", "zo-sgd-sign", "--sign-mode", "elementwise", "--lr",
+                                                "1e-4", "--offload", "cpu"), "offload"),
     "gloo-hizoo": ("llama", ("--algo", "hizoo", *_HIZOO, "--micro-batch-size", "1"), "gloo"),
 }
 
@@ -170,7 +176,9 @@ def test_a_golden_run_is_unchanged(name, golden, tiny_model_dirs, tmp_path):
     assert got["tensors"].keys() == want["tensors"].keys()
 
 
-def _write() -> None:
+def _write(only_missing: bool = False) -> None:
+    """Record every run (`--write`), or only those the file does not hold yet (`--add`: a new algorithm's run,
+    leaving the recorded ones as they are)."""
     import tempfile
 
     sys.path.insert(0, str(ROOT / "tests"))
@@ -184,8 +192,10 @@ def _write() -> None:
             dirs[kind] = tmp / f"tiny-{kind}"
             build_model(kind, len(tokenizer)).save_pretrained(dirs[kind])
             tokenizer.save_pretrained(dirs[kind])
-        runs = {}
-        for name in RUNS:
+        runs = json.loads(GOLDEN.read_text())["runs"] if only_missing else {}
+        if only_missing and json.loads(GOLDEN.read_text())["platform"] != platform():
+            sys.exit("--add must run on the platform the file records; use --write to record all runs here")
+        for name in [n for n in RUNS if n not in runs]:
             runs[name] = run(name, dirs, tmp / name)
             print(name, runs[name]["losses"], flush=True)
     GOLDEN.parent.mkdir(exist_ok=True)
@@ -196,6 +206,6 @@ def _write() -> None:
 if __name__ == "__main__":
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
-    if sys.argv[1:] != ["--write"]:
+    if sys.argv[1:] not in (["--write"], ["--add"]):
         sys.exit(__doc__)
-    _write()
+    _write(only_missing=sys.argv[1:] == ["--add"])

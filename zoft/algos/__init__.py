@@ -13,6 +13,7 @@ from zoft.algos.first_order import FirstOrderAdam
 from zoft.algos.hizoo import HiZOO, HiZOOL
 from zoft.algos.mezo import MeZO, ZOAdam, ZOSGDMomentum
 from zoft.algos.options import Option
+from zoft.algos.sign import ZOSGDSign
 from zoft.algos.tezo import TeZO, TeZOAdam, TeZOM
 from zoft.errors import ConfigError
 from zoft.runner import NonFiniteLossError
@@ -22,6 +23,7 @@ ALGORITHMS: dict[str, type[ZOOptimizer]] = {
     "mezo": MeZO,
     "zo-sgd-mmt": ZOSGDMomentum,
     "zo-adam": ZOAdam,
+    "zo-sgd-sign": ZOSGDSign,
     "hizoo": HiZOO,
     "hizoo-l": HiZOOL,
     "tezo": TeZO,
