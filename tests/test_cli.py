@@ -225,3 +225,37 @@ def test_resume_with_another_algorithm_or_model_is_refused(tiny_model_dirs, tmp_
         result = runner.invoke(app, [*base, *extra, "--resume", "--steps", "4"])
         assert result.exit_code == 2 and needle in " ".join(result.output.split()), result.output
     assert {p.name: p.stat().st_mtime_ns for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_train_help_groups_each_algorithms_options_under_it():
+    from zoft.algos import option_table
+
+    text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "250"}).output  # rich truncates narrow columns
+    for name, (option, algos) in option_table().items():
+        assert f"Options of {', '.join(algos)}" in text, name
+        assert option.flag in text
+    assert "--no-exact-bf16" in text and "--no-stochastic-rounding" in text
+    assert "zo-sgd-sign" in text and "--sign-mode" in text  # the registry fills the algorithm list and panels
+
+
+def test_a_no_flag_overrides_a_recipes_true(tiny_model_dirs, tmp_path):
+    import yaml
+
+    recipe = _write(tmp_path / "r.yaml", "exact_bf16: true\ndtype: float32\n")
+    common = ["--model", str(tiny_model_dirs["llama"]), "--data-dir", "builtin", "--num-train", "8", "--num-dev",
+              "4", "--num-eval", "4", "--batch-size", "4", "--steps", "1", "--eval-every", "0", "--device", "cpu"]
+    refused = runner.invoke(app, ["train", str(recipe), *common, "--output-dir", str(tmp_path / "a")])
+    assert refused.exit_code == 2 and "--exact-bf16 applies to bfloat16 weights" in refused.output
+    result = runner.invoke(app, ["train", str(recipe), *common, "--no-exact-bf16", "--output-dir", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["exact_bf16"] is False
+
+
+def test_estimate_memory_takes_the_algorithms_options(tiny_model_dirs):
+    path = str(tiny_model_dirs["llama"])
+    small, large = (json.loads(runner.invoke(app, ["estimate-memory", path, "--algo", "tezo-adam", "--rank", r,
+                                                   "--json"]).output) for r in ("2", "8"))
+    assert small["options"]["rank"] == 2 and large["options"]["rank"] == 8
+    assert small["components"]["optimizer state"] < large["components"]["optimizer state"]
+    bad = runner.invoke(app, ["estimate-memory", path, "--algo", "zo-sgd-sign", "--sign-mode", "both"])
+    assert bad.exit_code == 2 and "--sign-mode both: choose scalar or elementwise" in bad.output

@@ -48,3 +48,37 @@ def test_missing_recipe():
 def test_micro_batch_larger_than_batch():
     with pytest.raises(ConfigError, match="--micro-batch-size"):
         resolve(None, {"micro_batch_size": 32, "batch_size": 16})
+
+
+def test_trajectory_keys_are_the_fields_that_change_a_run_and_the_algorithms_own_options():
+    from zoft.config import trajectory_keys
+
+    fields = {"model", "task", "data_dir", "data_file", "num_train", "num_dev", "train_set_seed", "max_length",
+              "algo", "lr", "eps", "weight_decay", "noise", "stochastic_rounding", "exact_bf16", "mode", "lora_r",
+              "lora_alpha", "lora_targets", "virtual_tokens", "prefix_init", "load_in_8bit", "load_in_4bit",
+              "batch_size", "seed", "dtype", "objective", "per_label", "prompt_field", "target_field", "text_field",
+              "label_field", "verbalizer", "template"}
+    tezo = set(trajectory_keys(finalize(resolve(None, {"algo": "tezo"}))))
+    assert tezo - fields == {"rank", "rank_mode", "rank_threshold", "rank_min", "rank_max", "tezo_scale"}
+    assert fields <= tezo  # tezo_factors changes memory, not the trajectory: a resume may switch it
+    assert set(trajectory_keys(finalize(resolve(None, {"algo": "hizoo"})))) - fields == {
+        "hessian_smooth", "hessian_schedule", "hessian_estimator"}
+
+
+def test_non_finite_numbers_are_refused_from_recipes_and_flags(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("weight_decay: .nan\n")
+    with pytest.raises(ConfigError, match="weight.decay.*finite"):
+        resolve(recipe)
+    for key in ("lr", "eps"):
+        with pytest.raises(ConfigError, match=f"--{key}.*finite"):
+            resolve(None, {key: float("inf")})
+    with pytest.raises(ConfigError, match="--hessian-smooth must be a finite number"):
+        resolve(None, {"algo": "hizoo", "hessian_smooth": float("nan")})
+
+
+def test_every_algorithm_declares_one_forward_per_probe():
+    from zoft.algos import ALGORITHMS
+
+    for name, cls in ALGORITHMS.items():
+        assert cls.forwards_per_step == (len(cls.probes) if not cls.first_order else 1), name

@@ -1,4 +1,5 @@
-"""Tuning modes (ALGORITHMS.md §7.4): LoRA, prefix and prompt tuning, quantized bases, adapters on disk."""
+"""Tuning modes (docs/algorithms.md, "Tuning modes"): LoRA, prefix and prompt tuning, quantized bases, adapters on
+disk."""
 
 import json
 

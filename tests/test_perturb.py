@@ -1,4 +1,5 @@
-"""The perturbation engine: seeded regeneration of z (ALGORITHMS.md §1.2, oracle T3)."""
+"""The perturbation engine: seeded regeneration of z (docs/algorithms.md, "Seeds, not stored noise" and the
+determinism oracle)."""
 
 import pytest
 import torch

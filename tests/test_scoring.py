@@ -1,4 +1,5 @@
-"""Candidate scoring: option lengths by difference, left padding, mean option log-prob (§8.3–8.4)."""
+"""Candidate scoring: option lengths by difference, left padding, mean option log-prob (docs/algorithms.md,
+"Training objective" and "Evaluation")."""
 
 import torch
 import torch.nn.functional as F

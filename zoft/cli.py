@@ -214,7 +214,7 @@ def _print_summary(summary: dict[str, Any]) -> None:
 
 @app.command("eval", epilog="[bold]Examples[/]\n\n  zoft eval runs/mezo-sst2            [dim]# a run dir: "
              "scores best/, writes eval.json[/]\n\n  zoft eval smollm2-135m --task sst2 --data-dir builtin   "
-             "[dim]# zero-shot baseline[/]\n\n  zoft eval smollm2-135m --task rte --data-dir ../shared/data/rte --icl 32 "
+             "[dim]# zero-shot baseline[/]\n\n  zoft eval smollm2-135m --task rte --data-dir data/rte --icl 32 "
              "[dim]# in-context learning baseline[/]")
 def eval_cmd(
     model: Annotated[str, typer.Argument(help="A run dir (scores its best/), a checkpoint or model dir (an "

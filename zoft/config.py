@@ -274,20 +274,20 @@ def validate(cfg: TrainConfig, strict: tuple[str, ...] = ()) -> None:
 
 
 def _validate_numbers(cfg: TrainConfig) -> None:
+    for key in FIELDS:  # nan < 0 and inf > 0 are both False/True the wrong way: check finiteness first
+        value = getattr(cfg, key)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ConfigError(f"{cfg.flag(key)} must be a finite number (got {value})")
     positive = ["steps", "batch_size", "num_train", "num_eval", "eval_batch_size", "log_every", "max_length",
                 "max_bad_steps", "micro_batch_size", "lr", "eps"]
     for key in positive:
         value = getattr(cfg, key)
         if value is not None and not value > 0:
             raise ConfigError(f"{cfg.flag(key)} must be > 0 (got {value})")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{cfg.flag(key)} must be a finite number (got {value})")
     for key in ["num_dev", "eval_every", "save_every", "keep_last", "weight_decay"]:
         value = getattr(cfg, key)
         if value is not None and not value >= 0:
             raise ConfigError(f"{cfg.flag(key)} must be >= 0 (got {value})")
-        if isinstance(value, float) and not math.isfinite(value):
-            raise ConfigError(f"{cfg.flag(key)} must be a finite number (got {value})")
     if cfg.micro_batch_size and cfg.micro_batch_size > cfg.batch_size:
         raise ConfigError(f"--micro-batch-size {cfg.micro_batch_size} exceeds --batch-size {cfg.batch_size}")
     if cfg.overwrite and cfg.resume:

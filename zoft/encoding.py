@@ -41,7 +41,7 @@ class Encoded:
         return Encoded((self.rows[self.label],), (self.option_lens[self.label],), 0)
 
 
-#: generation budget (ALGORITHMS.md §8.4): at most 50 new tokens, cut at the first newline or EOS
+#: generation budget (docs/algorithms.md, "Evaluation"): at most 50 new tokens, cut at the first newline or EOS
 MAX_NEW_TOKENS = 50
 
 

@@ -1,4 +1,4 @@
-"""Greedy decoding for generation tasks (ALGORITHMS.md §8.4) and the answer metrics over a batch.
+"""Greedy decoding for generation tasks (docs/algorithms.md, "Evaluation") and the answer metrics over a batch.
 
 Prompts are left-padded, so every row's next token is read at the last position and positions count real tokens
 only. Hugging Face and peft models decode with their KV cache (one token per forward after the prompt); zoft's

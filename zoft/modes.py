@@ -1,4 +1,4 @@
-"""Tuning modes: which tensors ZO perturbs (ALGORITHMS.md §7). ZO touches exactly the tensors with
+"""Tuning modes: which tensors ZO perturbs (docs/algorithms.md, "Tuning modes"). ZO touches exactly the tensors with
 requires_grad = True; everything else is frozen and never written.
 
     full     every weight
@@ -28,9 +28,9 @@ from transformers.modeling_outputs import CausalLMOutput
 MODES = ("full", "lora", "prefix", "prompt")
 ADAPTER_FILE = "zoft_adapter.safetensors"
 ADAPTER_CONFIG = "zoft_adapter.json"
-#: per-mode defaults of the SGD-family algorithms when the user gives none (ALGORITHMS.md §2.1, §9): MeZO's
-#: grids for LoRA (lr {1e-4, 5e-5}, ε 1e-2) and prefix (lr {1e-2, 1e-3}, ε 1e-1); prompt tuning shares prefix's ε
-#: with a lower lr, zoft's choice (ZO-Bench's grid is not in the specification)
+#: per-mode defaults of the algorithms whose steps scale with g (`lr_grid = "mode"`) when the user gives none
+#: (docs/algorithms.md, "Tuning modes"): MeZO's grids for LoRA (lr {1e-4, 5e-5}, ε 1e-2) and prefix (lr {1e-2, 1e-3},
+#: ε 1e-1); prompt tuning shares prefix's ε with a lower lr, zoft's choice (no published ZO grid was at hand)
 MODE_DEFAULTS = {"lora": (1e-4, 1e-2), "prefix": (1e-2, 1e-1), "prompt": (1e-3, 1e-1)}
 DEFAULT_VIRTUAL_TOKENS = {"prefix": 5, "prompt": 10}
 

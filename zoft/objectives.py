@@ -1,4 +1,5 @@
-"""What a ZO step minimises on a minibatch (ALGORITHMS.md §8.3), chosen by the task and `--objective`.
+"""What a ZO step minimises on a minibatch (docs/algorithms.md, "Training objective"), chosen by the task and
+`--objective`.
 
 - `ce` (default): classification tasks minimise cross-entropy over the candidates' mean log-probs; COPA, ReCoRD
   and the generation tasks minimise token cross-entropy on the gold continuation only.

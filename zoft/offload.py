@@ -4,7 +4,8 @@ The idea of ZO2 (Wang et al., arXiv 2503.12668). A ZO step needs no activations 
 the GPU must hold for the whole step is the part of the model that is not in a block (embeddings, final norm, head:
 2 % of OPT-13B); the blocks live in pinned CPU memory and visit the GPU one at a time:
 
-* all probe forwards of a step run through a block during one upload: MeZO's two, HiZOO's three. They run in one
+* all probe forwards of a step run through a block during one upload (MeZO's two, HiZOO's three: the
+  algorithm's `probes`). They run in one
   thread each, in lockstep: probe 0 runs block k and hands over to probe 1, which runs block k and hands over,
   and the last probe offloads the block and hands back to probe 0. Each thread computes its own loss with the
   unchanged objective code, so every task and loss works as it is;
@@ -24,8 +25,9 @@ as the "GPU"). A tensor used by two units (tied input/output embeddings) keeps a
 the second use: one tensor more of GPU memory per probe but the last, and still bitwise.
 
 What it supports: algorithms whose update of a tensor needs only the step's scalars, that tensor and its own
-state (`ZOOptimizer.offloadable`: MeZO, ZO-SGD-MMT, ZO-Adam, HiZOO, HiZOO-L; TeZO's factors span whole
-matrices across steps and are not ported), full fine-tuning or LoRA, one forward per probe
+state, which is every ZO algorithm of the registry (`ZOOptimizer.offloadable`; TeZO's factors are per tensor and
+regenerated from their seeds, so they travel as any state does; the first-order reference is refused), full
+fine-tuning or LoRA, one forward per probe
 (`--micro-batch-size` equal to `--batch-size`) and one process. Everything else is refused before the model
 loads (`check_config`).
 """

@@ -1,4 +1,4 @@
-"""Candidate scoring for classification and multiple choice (ALGORITHMS.md §8.3, §8.4).
+"""Candidate scoring for classification and multiple choice (docs/algorithms.md, "Training objective" and "Evaluation").
 
 Each example expands into one row per candidate: prompt + candidate. The candidate's tokens are the last
 `option_len = len(tok(prompt + cand)) − len(tok(prompt))` tokens of the row (computed by difference, as in the
@@ -114,8 +114,8 @@ def lm_loss_parts(model, batches: Sequence[Batch]) -> tuple[torch.Tensor, int]:
 
 
 def lm_loss(model, batches: Sequence[Batch]) -> torch.Tensor:
-    """Token-level cross-entropy on the gold continuation (COPA, ReCoRD, SQuAD, DROP; ALGORITHMS.md §8.3),
-    token-weighted over micro-batches so accumulation equals one big batch."""
+    """Token-level cross-entropy on the gold continuation (COPA, ReCoRD, SQuAD, DROP; docs/algorithms.md, "Training
+    objective"), token-weighted over micro-batches so accumulation equals one big batch."""
     total, count = lm_loss_parts(model, batches)
     return total / max(count, 1)
 
@@ -147,7 +147,8 @@ def classification_loss_parts(model, batches: Sequence[Batch]) -> tuple[torch.Te
 
 
 def classification_loss(model, batches: Sequence[Batch]) -> torch.Tensor:
-    """Cross-entropy over candidate scores, example-weighted over micro-batches (exact ZO accumulation, §1.8)."""
+    """Cross-entropy over candidate scores, example-weighted over micro-batches (exact ZO accumulation:
+    docs/algorithms.md, "Micro-batches, precision and schedule")."""
     total, count = classification_loss_parts(model, batches)
     return total / count
 
@@ -164,7 +165,7 @@ def accuracy_parts(model, batches: Sequence[Batch]) -> tuple[int, int]:
 @torch.inference_mode()
 def evaluate(model, encoded: Sequence[Encoded], pad_id: int, batch_size: int = 16,
              device: torch.device | str = "cpu", objective: str = "classification", tokenizer=None) -> dict:
-    """Score `encoded` as the task's `objective` kind says (ALGORITHMS.md §8.4).
+    """Score `encoded` as the task's `objective` kind says (docs/algorithms.md, "Evaluation").
 
     classification: accuracy (argmax mean option log-prob, no calibration; ReCoRD counts any gold) and mean
     cross-entropy over the candidates. lm (COPA, ReCoRD): the same accuracy, and the token cross-entropy on the

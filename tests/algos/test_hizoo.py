@@ -1,4 +1,4 @@
-"""HiZOO and HiZOO-L against the oracles of ALGORITHMS.md §3.7 and the hand-computed rule of §3.2."""
+"""HiZOO and HiZOO-L against the oracles of docs/algorithms.md, "HiZOO" and "HiZOO-L", and the rule computed by hand."""
 
 import statistics
 
@@ -89,8 +89,8 @@ def test_step_equals_the_rule_by_hand():
 
 
 def test_one_step_expectation_of_the_curvature_sample():
-    # E[c·h_i·z_i²] = A_ii + ½·h_i·Σ_j A_jj/h_j at frozen H (§3.3). The spec uses N = 200 000 within 3 %; 40 000
-    # draws keep the test to a few seconds, and the standard error (about 1.3 %) still leaves a 6 % bound at 4.5σ.
+    # E[c·h_i·z_i²] = A_ii + ½·h_i·Σ_j A_jj/h_j at frozen H (docs/algorithms.md, "HiZOO"). 40 000 draws keep the
+    # test to a few seconds; their standard error (about 1.3 %) makes 6 % a 4.5σ bound.
     a = torch.tensor([1.0, 2, 4, 8, 16, 32], dtype=torch.float64)
     h = torch.tensor([1.0, 2, 1, 2, 1, 2])
     p, f = diag_quadratic(a, 0.3)
@@ -108,7 +108,7 @@ def test_one_step_expectation_of_the_curvature_sample():
 
 def test_long_run_shape_follows_the_diagonal():
     # θ held fixed (η ≈ 0), α = 0.05: the geometric mean of H_i/A_ii over the second half is flat although A spans
-    # 1000×, at a level near the mean-field 1 + d/2 = 6 (§3.7). 40 000 steps as the spec asks.
+    # 1000×, at a level near the mean-field 1 + d/2 = 6 (the long-run oracle). 40 000 steps as it asks.
     a = torch.logspace(0, 3, 10, dtype=torch.float64)
     p, f = diag_quadratic(a)
     opt = HiZOO([p], lr=1e-30, eps=1e-3, hessian_smooth=0.05, seed=1)
@@ -131,7 +131,7 @@ def _forwards_to_target(cls, lr, seed, a=None, eps=1e-3, max_steps=20_000, **kw)
 
 
 def test_hizoo_beats_mezo_at_equal_forwards():
-    # Best LRs of the spec's grids (measured: MeZO 4e-4 → median 4 754 forwards, 6e-4 → 5 458, 8e-4 diverges;
+    # Best LRs of the oracle's grids (measured: MeZO 4e-4 → median 4 754 forwards, 6e-4 → 5 458, 8e-4 diverges;
     # HiZOO α = 0.1: 0.03 → 3 507, 0.1 → 2 520, 0.3 → 2 142). Counting forwards, 2 vs 3 per step.
     mezo = min(statistics.median(_forwards_to_target(MeZO, lr, s) for s in range(5)) for lr in (4e-4, 6e-4))
     hizoo = statistics.median(_forwards_to_target(HiZOO, 0.3, s, hessian_smooth=0.1) for s in range(5))

@@ -1,4 +1,4 @@
-"""MeZO against the oracles of ALGORITHMS.md §1.10 (T1, T2, T4–T9) on f(θ) = ½θᵀAθ + bᵀθ."""
+"""MeZO against the oracles of docs/algorithms.md, "Core oracles" on f(θ) = ½θᵀAθ + bᵀθ."""
 
 import math
 
@@ -215,7 +215,7 @@ def test_lr_scheduler_compatible():
     assert opt.param_groups[0]["lr"] == 0.5
 
 
-# -- ZO-SGD-MMT and ZO-Adam (ALGORITHMS.md §2.2, §2.5, §2.6) ------------------------------------------------
+# -- ZO-SGD-MMT and ZO-Adam (docs/algorithms.md, "ZO-SGD-MMT" and "ZO-Adam") ----------------------------
 
 def _torch_reference(cls, w, b, lr, wd):
     groups = [{"params": [w], "weight_decay": wd}, {"params": [b], "weight_decay": 0.0}]
@@ -226,7 +226,7 @@ def _torch_reference(cls, w, b, lr, wd):
 
 @pytest.mark.parametrize("cls,lr", [(ZOSGDMomentum, 1e-3), (ZOAdam, 1e-2)])
 def test_dense_moments_equal_torch_optimizers_fed_g_times_z(cls, lr):
-    # §2.6: record (g_t, z_t) from zoft on the quadratic, feed grad = g_t·z_t to torch's own optimizer on a clone;
+    # record (g_t, z_t) from zoft on the quadratic, feed grad = g_t·z_t to torch's own optimizer on a clone;
     # the parameters agree to 1e-6 (fp32) after 50 steps. Weight decay only on the 2-D tensor, as zoft exempts 1-D.
     q = Quadratic(dtype=torch.float32)
     w, b = (torch.nn.Parameter(p.detach().clone()) for p in q.params)

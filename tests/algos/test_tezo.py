@@ -1,4 +1,5 @@
-"""TeZO, TeZO-m and TeZO-Adam against the oracles of ALGORITHMS.md §4.5 (float64 unless told)."""
+"""TeZO, TeZO-m and TeZO-Adam against their oracles (docs/algorithms.md, "TeZO, TeZO-m, TeZO-Adam"), float64
+unless told."""
 
 import math
 import statistics
@@ -166,7 +167,7 @@ def test_tezo_adam_with_rank_one_equals_dense_zo_adam_on_the_same_directions():
 
 
 def test_tezo_adam_rank_two_differs_from_dense_adam():
-    # for r > 1 the cross terms make the separable second moment an approximation (§4.4): a real difference
+    # for r > 1 the cross terms make the separable second moment an approximation: a real difference
     q = MatrixQuadratic()
     opt = TeZOAdam(q.params, lr=1e-2, eps=1e-3, seed=7, rank=2)
     w = q.w.detach().clone()

@@ -1,5 +1,6 @@
-"""Every task: a known record renders to the expected prompt and candidates (ALGORITHMS.md §8.2), both layouts
-read the same, the shared/ files parse, and the answer metrics match hand-computed cases (§8.4)."""
+"""Every task: a known record renders to the expected prompt and candidates (docs/algorithms.md, "Prompts and
+verbalizers"), both layouts
+read the same, the shared/ files parse, and the answer metrics match hand-computed cases ("Evaluation")."""
 
 import json
 import zipfile
@@ -146,9 +147,9 @@ def test_zip_and_bad_zip(tmp_path):
 
 
 def test_missing_split_names_the_file_and_where_to_put_it(tmp_path):
-    with pytest.raises(TaskDataError, match="expected one of train.jsonl.*ReCoRD is not mirrored offline"):
+    with pytest.raises(TaskDataError, match="expected one of train.jsonl.*--data-dir has no ReCoRD files"):
         load_splits(TASKS["record"], tmp_path)
-    with pytest.raises(TaskDataError, match="drop_dataset_train.json.*DROP is not mirrored"):
+    with pytest.raises(TaskDataError, match="drop_dataset_train.json.*--data-dir has no DROP files"):
         load_splits(TASKS["drop"], tmp_path)
 
 
@@ -178,7 +179,7 @@ def test_per_label_custom_task_evaluates_on_rows_it_did_not_sample(tmp_path):
     assert not {e.prompt for e in splits.eval} & {e.prompt for e in splits.train + splits.dev}
 
 
-# -- the metrics (ALGORITHMS.md §8.4 oracles) ----------------------------------------------------------------
+# -- the metrics (docs/algorithms.md, "Evaluation" oracles) ----------------------------------------------
 
 
 def test_normalisation_and_f1_oracles():

@@ -1,4 +1,4 @@
-"""Task model, data readers and the MeZO sampling protocol (ALGORITHMS.md §8.1).
+"""Task model, data readers and the MeZO sampling protocol (docs/algorithms.md, "Sampling").
 
 A :class:`Task` turns raw records (Hub rows or rows read from files) into
 :class:`Example` objects: a prompt plus the candidate continuations scored by
@@ -108,8 +108,8 @@ class Task:
         flatten: Turns the records of a split as read (nested file layouts such as
             MultiRC's paragraphs or SQuAD's articles, or Hub rows) into one flat record
             per example; ``None`` keeps them.
-        missing: Per split, what to say when its file is not in ``--data-dir`` (data that
-            is not publicly mirrored, see ``shared/data/MISSING.md``).
+        missing: Per split, what to say when its file is not in ``--data-dir`` (a split
+            that is often missing from local copies: where to get it, or to use the Hub).
         records_loader: If set, ``load_records`` calls ``records_loader(split)`` and
             ignores ``data_dir`` (custom tasks, whose files are fixed at construction).
         eval_from_train: If true, the eval split is drawn from the train records not
@@ -419,7 +419,7 @@ def sample_splits(
     source: str = "in-memory records",
     per_label: bool = False,
 ) -> Splits:
-    """Sample train/dev/eval with the MeZO protocol (ALGORITHMS.md §8.1).
+    """Sample train/dev/eval with the MeZO protocol (docs/algorithms.md, "Sampling").
 
     ``perm = RandomState(seed).permutation(len(train_records))``; the first
     ``num_train + num_dev`` indices are used (all if fewer), the last ``num_dev``

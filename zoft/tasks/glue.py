@@ -1,4 +1,4 @@
-"""SST-2, RTE and BoolQ with the MeZO prompts (ALGORITHMS.md §8.2).
+"""SST-2, RTE and BoolQ with the MeZO prompts (docs/algorithms.md, "Prompts and verbalizers").
 
 Each converter accepts both the Hugging Face Hub layout and the original file
 layout of the task (GLUE TSV / SuperGLUE JSONL), so ``--data-dir`` and Hub

@@ -1,7 +1,8 @@
 """SST-5, SNLI, MNLI and TREC: the RoBERTa-large task set of MeZO (templates of Gao et al., LM-BFF).
 
 LM-BFF scores a masked LM at ``<mask>``; a causal LM can only score what follows its prompt, so **[zoft]** cuts
-each template at the mask and appends everything from the mask on as the candidate (ALGORITHMS.md §8.2):
+each template at the mask and appends everything from the mask on as the candidate (docs/algorithms.md, "Prompts
+and verbalizers"):
 
 - SST-5: ``{s1} It was`` → `` terrible`` / `` bad`` / `` okay`` / `` good`` / `` great`` (the template ends at the mask).
 - SNLI, MNLI: ``{s1 minus final punctuation}?`` → `` No, {s2'}`` / `` Yes, {s2'}`` / `` Maybe, {s2'}`` for
@@ -100,10 +101,10 @@ _NLI_FILES = {"train": ("train.tsv", "train.jsonl"), "eval": ("test.tsv", "test_
 
 
 def _nli_missing(name: str) -> dict[str, str]:
-    return {"train": f"the full {name} train split is not mirrored offline (shared/data/MISSING.md): use an LM-BFF "
-                     f"k-shot folder such as {name.lower()}/k-shot/16-13 with --eval-file {name.lower()}/dev.jsonl, "
-                     f"or drop --data-dir to use the Hub",
-            "eval": f"pass --eval-file with the {name} dev set ({name.lower()}/dev.jsonl in shared/data)"}
+    return {"train": f"--data-dir has no full {name} train split: use an LM-BFF k-shot folder such as "
+                     f"{name.lower()}/k-shot/16-13 with --eval-file {name.lower()}/dev.jsonl, or drop --data-dir "
+                     f"to use the Hub",
+            "eval": f"pass --eval-file with the {name} dev set (LM-BFF's {name.lower()}/dev.jsonl)"}
 
 
 SST5 = Task(name="sst5", description="SST-5 5-way sentiment: '<sentence> It was' -> terrible/bad/okay/good/great",

@@ -1,4 +1,4 @@
-"""SQuAD-style answer metrics (ALGORITHMS.md §8.4): normalisation, token F1 and exact match.
+"""SQuAD-style answer metrics (docs/algorithms.md, "Evaluation"): normalisation, token F1 and exact match.
 
 normalize: lower-case, delete ASCII punctuation, delete the whole words a / an / the, collapse whitespace.
 F1 = 2PR/(P+R) over the multiset overlap of normalised tokens; when either side has no tokens, F1 is 1 if both

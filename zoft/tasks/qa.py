@@ -1,4 +1,4 @@
-"""SQuAD and DROP: generation tasks with the MeZO prompts (ALGORITHMS.md §8.2-8.4).
+"""SQuAD and DROP: generation tasks with the MeZO prompts (docs/algorithms.md, "Task protocol").
 
 Training: token cross-entropy on the target `` {answers[0]}\\n``. Evaluation: greedy decoding of at most 50 new
 tokens, cut at the first newline or EOS, scored by token F1 (and exact match) against every gold answer.
@@ -39,7 +39,8 @@ def _answers(value, task: str) -> tuple[str, ...]:
 def squad_example(record: dict) -> GenExample:
     """``Title: {title}\\nContext: {context}\\nQuestion: {question}\\nAnswer:`` → `` {answers[0]}\\n``.
 
-    **[zoft]** Rows without a title (the simplified train subset in shared/data) leave out the Title line.
+    **[zoft]** Rows without a title (simplified train subsets such as train_subset_4330.json) leave out the
+    Title line.
     """
     context, question = record_field(record, ("context",), "squad"), record_field(record, ("question",), "squad")
     answers = _answers(record_field(record, ("answers",), "squad"), "squad")
@@ -87,9 +88,9 @@ def drop_example(record: dict) -> GenExample:
                       answers=answers)
 
 
-_MISSING_SQUAD_TRAIN = ("SQuAD v1.1 train is not mirrored offline in its original format; shared/data/squad has "
-                        "train_subset_4330.json (4,330 train questions), which zoft reads as the train split")
-_MISSING_DROP = ("DROP is not mirrored offline (shared/data/MISSING.md): put drop_dataset_train.json and "
+_MISSING_SQUAD_TRAIN = ("--data-dir has no SQuAD v1.1 train-v1.1.json: put it there (a subset such as "
+                        "train_subset_4330.json is read as the train split too), or drop --data-dir to use the Hub")
+_MISSING_DROP = ("--data-dir has no DROP files: put drop_dataset_train.json and "
                  "drop_dataset_dev.json there, or drop --data-dir to load ucinlp/drop from the Hub")
 
 SQUAD = Task(name="squad", description="SQuAD v1.1 extractive QA, generated greedily (token F1 / exact match)",

@@ -1,4 +1,4 @@
-"""CB, WSC, WiC, MultiRC, COPA and ReCoRD with the MeZO prompts (ALGORITHMS.md §8.2).
+"""CB, WSC, WiC, MultiRC, COPA and ReCoRD with the MeZO prompts (docs/algorithms.md, "Prompts and verbalizers").
 
 Converters read both the Hugging Face Hub rows (``super_glue/*``) and the original SuperGLUE files. Nested file
 layouts (MultiRC's paragraph → questions → answers, ReCoRD's passage → queries) are flattened by each task's
@@ -26,8 +26,8 @@ _BOOL = {"false": 0, "true": 1, "0": 0, "1": 1}
 def wsc_example(record: dict) -> Example:
     """WSC: ``{text}\\nIn the previous sentence, does the pronoun "{span2}" refer to {span1}? Yes or No?\\n``.
 
-    Reads the flat Hub layout (``span1_text``, ``span2_text``) and SuperGLUE's nested ``target`` dict; the two
-    layouts are mixed in ``shared/data/wsc`` (``wsc_train.jsonl`` flat, ``train.jsonl``/``val.jsonl`` nested).
+    Reads the flat Hub layout (``span1_text``, ``span2_text``) and SuperGLUE's nested ``target`` dict; local copies
+    mix the two (``wsc_train.jsonl`` flat, ``train.jsonl``/``val.jsonl`` nested).
     """
     spans = record["target"] if isinstance(record.get("target"), dict) else record
     span1 = record_field(spans, ("span1_text",), "wsc")
@@ -121,7 +121,7 @@ def record_example(record: dict) -> Example:
     return Example(prompt=passage, candidates=candidates, label=golds[0], golds=golds)
 
 
-_MISSING_RECORD = ("ReCoRD is not mirrored offline (shared/data/MISSING.md): put SuperGLUE's ReCoRD train.jsonl and "
+_MISSING_RECORD = ("--data-dir has no ReCoRD files: put SuperGLUE's ReCoRD train.jsonl and "
                    "val.jsonl there, or drop --data-dir to load super_glue/record from the Hub")
 
 CB = Task(name="cb", description="CB (SuperGLUE) 3-way entailment: 'Suppose ... Can we infer that ...?' -> Yes/No/Maybe",

@@ -2,7 +2,7 @@
 
 Usage: python zoft/tasks/data/make_sst2_sample.py [SRC_DIR] [OUT_DIR]
 
-SRC_DIR holds the original GLUE files (default /work/shared/data/sst2). dev.tsv
+SRC_DIR holds the original GLUE files (default ./data/sst2). dev.tsv
 is copied byte-for-byte. train.tsv is the header plus 2,000 rows of
 train_full.tsv chosen as numpy RandomState(0).permutation(67349)[:2000], written
 in original file order as the original bytes (GLUE format kept).
@@ -43,4 +43,5 @@ def main(src: Path, out: Path) -> None:
 
 if __name__ == "__main__":
     args = sys.argv[1:]
-    main(Path(args[0] if args else "/work/shared/data/sst2"), Path(args[1] if len(args) > 1 else Path(__file__).parent / "sst2"))
+    main(Path(args[0] if args else "data/sst2"),
+         Path(args[1] if len(args) > 1 else Path(__file__).parent / "sst2"))
