@@ -86,7 +86,10 @@ def test_replay_refusals(tiny_model_dirs, tmp_path):
     model_dir = tiny_model_dirs["llama"]
     run = tmp_path / "run"
     _train(model_dir, run, "mezo")
-    for args, needle in ((["--to-step", "7"], "trajectory of 6 steps"), (["-o", str(run)], "already exists")):
+    (tmp_path / "other").mkdir()
+    (tmp_path / "other" / "keep.txt").write_text("x")
+    for args, needle in ((["--to-step", "7"], "trajectory of 6 steps"), (["-o", str(run)], "would replace the run"),
+                         (["-o", str(tmp_path / "other")], "already exists")):
         result = runner.invoke(app, ["replay", "-", str(run), *args])
         assert result.exit_code == 2 and needle in result.output, result.output
     fo = tmp_path / "fo"

@@ -10,15 +10,19 @@ tokenizer files) plus:
 - `config.yaml`: the resolved config, so every checkpoint is reproducible on its own.
 
 Writes go to a hidden temp dir in the same output dir; every file and the dir are fsync'ed, a manifest of file
-sizes goes into `zoft_state.json` last, and only then is the dir renamed into place. So a crash, a SIGKILL or a
-full disk never leaves a half-written checkpoint where a resume would look: `.NAME.tmp` dirs are incomplete by
-construction, a checkpoint whose files disagree with its manifest is skipped (and reported), and a `best/` or
-`final/` that was being replaced is restored from `.NAME.old`.
+sizes and SHA-256 digests goes into `zoft_state.json` last, and only then is the dir renamed into place. So a
+crash, a SIGKILL or a full disk never leaves a half-written checkpoint where a resume would look: `.NAME.tmp` dirs
+are incomplete by construction, a checkpoint whose files disagree with its manifest in size is skipped (and
+reported), and a `best/` or `final/` that was being replaced is restored from `.NAME.old`. Before a checkpoint is
+loaded its files are hashed again (`verify`): a file damaged after it was written (same size, other bytes) makes a
+resume fall back to the previous checkpoint, naming the file, and `zoft eval` refuse it. SHA-256 runs at about
+1.7 GB/s here (hardware-accelerated), 0.3 s for a 538 MB SmolLM2 checkpoint.
 """
 
 from __future__ import annotations
 
 import errno
+import hashlib
 import json
 import logging
 import os
@@ -32,12 +36,17 @@ import torch
 STATE_FILE = "zoft_state.json"
 OPTIMIZER_FILE = "zoft_optimizer.pt"
 _CKPT = re.compile(r"^checkpoint-(\d+)$")
-MANIFEST_KEY = "files"  # in zoft_state.json: {file name: size in bytes} of every other file of the checkpoint
+MANIFEST_KEY = "files"  # in zoft_state.json: {file name: {"size", "sha256"}} of every other file of the checkpoint
+_HASH_CHUNK = 16 << 20
 log = logging.getLogger(__name__)
 
 
 class CheckpointWriteError(OSError):
     """A checkpoint could not be written (disk full, permissions); the previous one is intact."""
+
+
+class CheckpointDamagedError(ValueError):
+    """A checkpoint's files differ from its manifest (sizes or SHA-256 digests)."""
 
 
 def _fsync(path: Path) -> None:
@@ -46,6 +55,20 @@ def _fsync(path: Path) -> None:
         os.fsync(fd)
     finally:
         os.close(fd)
+
+
+def file_digest(path: Path) -> str:
+    """SHA-256 of a file's bytes, read in 16 MiB chunks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(_HASH_CHUNK):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _entry(entry: int | dict[str, Any]) -> dict[str, Any]:
+    """A manifest entry; checkpoints written before digests existed recorded the size alone."""
+    return entry if isinstance(entry, dict) else {"size": entry}
 
 
 def save_checkpoint(path: Path, model, tokenizer, optimizer=None, state: dict[str, Any] | None = None,
@@ -66,18 +89,20 @@ def save_checkpoint(path: Path, model, tokenizer, optimizer=None, state: dict[st
             torch.save(optimizer.state_dict(), tmp / OPTIMIZER_FILE)
         if config_yaml is not None:
             (tmp / "config.yaml").write_text(config_yaml)
-        manifest = {f.name: f.stat().st_size for f in sorted(tmp.iterdir()) if f.is_file()}
+        manifest = {f.name: {"size": f.stat().st_size, "sha256": file_digest(f)}
+                    for f in sorted(tmp.iterdir()) if f.is_file()}
         (tmp / STATE_FILE).write_text(json.dumps({**(state or {}), MANIFEST_KEY: manifest}, indent=1))
         for f in tmp.iterdir():
             if f.is_file():
                 _fsync(f)
         _fsync(tmp)
-    except OSError as exc:
+    except Exception as exc:  # OSError, and safetensors' own SafetensorError, which wraps the I/O error in text
         shutil.rmtree(tmp, ignore_errors=True)
-        reason = "no space left on the device" if exc.errno == errno.ENOSPC else (exc.strerror or str(exc))
-        raise CheckpointWriteError(exc.errno, f"could not write checkpoint {path} ({reason}); the previous "
-                                              f"checkpoints are intact: free space or pick another --output-dir, "
-                                              f"then --resume") from exc
+        full = getattr(exc, "errno", None) == errno.ENOSPC or "No space left" in str(exc)
+        reason = "no space left on the device" if full else (getattr(exc, "strerror", None) or str(exc))
+        raise CheckpointWriteError(errno.ENOSPC if full else getattr(exc, "errno", None),
+                                   f"could not write checkpoint {path} ({reason}); the previous checkpoints are "
+                                   f"intact: free space or pick another --output-dir, then --resume") from exc
     old = path.parent / f".{path.name}.old"
     if path.exists():
         shutil.rmtree(old, ignore_errors=True)
@@ -98,8 +123,29 @@ def is_complete(path: Path) -> bool:
     manifest = state.get(MANIFEST_KEY)
     if manifest is None:
         return True
-    return all((Path(path) / name).is_file() and (Path(path) / name).stat().st_size == size
-               for name, size in manifest.items())
+    return all((Path(path) / name).is_file() and (Path(path) / name).stat().st_size == _entry(entry)["size"]
+               for name, entry in manifest.items())
+
+
+def damaged_file(path: Path) -> str | None:
+    """The first file of a complete checkpoint whose bytes differ from the digest recorded when it was written
+    (None: every recorded digest matches; checkpoints written before digests existed have none to check)."""
+    manifest = _read_raw_state(path).get(MANIFEST_KEY) or {}
+    for name, entry in manifest.items():
+        digest = _entry(entry).get("sha256")
+        if digest is not None and file_digest(Path(path) / name) != digest:
+            return name
+    return None
+
+
+def check_intact(path: Path) -> None:
+    """Refuse a checkpoint that is incomplete or damaged, naming the file (CheckpointDamagedError)."""
+    if not is_complete(path):
+        raise CheckpointDamagedError(f"{path} is incomplete: its files do not match its manifest")
+    name = damaged_file(path)
+    if name is not None:
+        raise CheckpointDamagedError(f"{Path(path) / name} is damaged: its bytes differ from the SHA-256 recorded "
+                                     "when it was written")
 
 
 def recover(output_dir: Path) -> list[str]:
@@ -138,9 +184,10 @@ def list_checkpoints(output_dir: Path, report: bool = False) -> list[tuple[int, 
     return sorted(found)
 
 
-def latest_checkpoint(output_dir: Path, report: bool = False) -> Path | None:
+def latest_checkpoint(output_dir: Path, report: bool = False, verify: bool = False) -> Path | None:
     """The newest complete resumable state: the latest `checkpoint-<step>`, or `final/` when it is further
-    along (so `--resume --steps N` extends a finished run)."""
+    along (so `--resume --steps N` extends a finished run). With `verify`, candidates are hashed newest first and
+    a damaged one is skipped (and reported): the resume falls back to the one before."""
     ckpts = list_checkpoints(output_dir, report)
     final = Path(output_dir) / "final"
     if (final / STATE_FILE).is_file():
@@ -148,7 +195,13 @@ def latest_checkpoint(output_dir: Path, report: bool = False) -> Path | None:
             ckpts.append((int(read_state(final)["step"]), final))
         elif report:
             log.warning("ignoring incomplete checkpoint %s", final)
-    return max(ckpts, key=lambda c: c[0])[1] if ckpts else None
+    for _, path in sorted(ckpts, key=lambda c: c[0], reverse=True):
+        name = damaged_file(path) if verify else None
+        if name is None:
+            return path
+        log.warning("ignoring damaged checkpoint %s: %s differs from the SHA-256 recorded when it was written",
+                    path, name)
+    return None
 
 
 def prune_checkpoints(output_dir: Path, keep_last: int) -> None:
@@ -189,11 +242,25 @@ def load_weights_into(model, path: Path) -> None:
         return
 
     params = dict(model.named_parameters())
-    params.update(dict(model.named_buffers()))
+    buffers = dict(model.named_buffers())
     files = sorted(Path(path).glob("*.safetensors"))
     if not files:
         raise FileNotFoundError(f"{path}: no *.safetensors weights")
+    loaded, unexpected = set(), []
     for file in files:
         for name, tensor in load_file(file).items():
-            if name in params:
-                params[name].copy_(tensor)
+            target = params.get(name, buffers.get(name))
+            if target is None:
+                unexpected.append(name)
+                continue
+            if target.shape != tensor.shape:
+                raise CheckpointDamagedError(f"{Path(file)}: {name} has shape {tuple(tensor.shape)}, the model's "
+                                             f"is {tuple(target.shape)}; the checkpoint is of another model")
+            target.copy_(tensor)
+            loaded.add(target.data_ptr())
+    # a tied tensor (OPT's head is its input embedding) is saved once, under one of its names
+    missing = [name for name, p in params.items() if p.data_ptr() not in loaded]
+    if missing or unexpected:
+        parts = [f"{len(v)} tensors {what} ({', '.join(v[:3])}{' ...' if len(v) > 3 else ''})"
+                 for v, what in ((missing, "missing"), (unexpected, "unexpected")) if v]
+        raise CheckpointDamagedError(f"{path}: its weights do not match the model: {'; '.join(parts)}")

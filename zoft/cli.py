@@ -56,10 +56,10 @@ def _fail(message: str, code: int = 2) -> None:
 
 def _user_errors():
     """The exception types a user can cause (→ exit 2)."""
-    from zoft.checkpoint import CheckpointWriteError
+    from zoft.checkpoint import CheckpointDamagedError, CheckpointWriteError
     from zoft.tasks import TaskDataError
 
-    return (ConfigError, TaskDataError, CheckpointWriteError)
+    return (ConfigError, TaskDataError, CheckpointWriteError, CheckpointDamagedError)
 
 
 def _version(value: bool) -> None:
@@ -77,6 +77,10 @@ def main(
 ) -> None:
     """Zeroth-order fine-tuning of Hugging Face causal LMs with the memory of inference."""
     from rich.logging import RichHandler
+
+    from zoft.progress import protect_std_streams
+
+    protect_std_streams()  # a closed pipe or terminal must not end a run before it saves
 
     level = logging.DEBUG if verbose else logging.WARNING if quiet else logging.INFO
     logging.basicConfig(level=level, format="%(message)s", handlers=[RichHandler(console=err, show_path=False)],

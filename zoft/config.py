@@ -288,6 +288,12 @@ def _validate_numbers(cfg: TrainConfig) -> None:
         value = getattr(cfg, key)
         if value is not None and not value >= 0:
             raise ConfigError(f"{cfg.flag(key)} must be >= 0 (got {value})")
+    # step seeds hash the run seed as a 64-bit integer (a larger one would wrap onto another run's seeds); the
+    # sampling permutation is numpy's RandomState, which takes 32 bits
+    for key, bits in (("seed", 63), ("train_set_seed", 32)):
+        value = getattr(cfg, key)
+        if not 0 <= value < 2**bits:
+            raise ConfigError(f"{cfg.flag(key)} {value}: must lie in [0, 2^{bits})")
     if cfg.micro_batch_size and cfg.micro_batch_size > cfg.batch_size:
         raise ConfigError(f"--micro-batch-size {cfg.micro_batch_size} exceeds --batch-size {cfg.batch_size}")
     if cfg.overwrite and cfg.resume:

@@ -9,7 +9,7 @@ from typing import Any
 
 import yaml
 
-from zoft.checkpoint import STATE_FILE
+from zoft.checkpoint import STATE_FILE, CheckpointDamagedError, check_intact
 from zoft.config import TrainConfig, check_keys, validate
 from zoft.errors import ConfigError
 
@@ -88,6 +88,11 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
     from zoft.tasks import load_splits
 
     weights, run_dir, saved = _locate(req.model)
+    if Path(weights, STATE_FILE).is_file():  # a zoft checkpoint: its bytes must be the ones it was saved with
+        try:
+            check_intact(Path(weights))
+        except CheckpointDamagedError as exc:
+            raise ConfigError(f"{exc}; evaluate another checkpoint of the run or retrain") from None
     given = {"task": req.task, "data_dir": req.data_dir, "num_eval": req.num_eval,
              "train_set_seed": req.train_set_seed, "dtype": req.dtype, "device": req.device}
     values = check_keys({k: v for k, v in saved.items() if v is not None}, f"{req.model}/config.yaml")

@@ -15,6 +15,7 @@ import shutil
 import tempfile
 import warnings
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -195,7 +196,7 @@ def load_model(model: str | None, dtype: str | torch.dtype = "auto", device: str
         kwargs["device_map"] = device_map
     try:
         tokenizer = load_tokenizer(path, trust_remote_code)
-        lm = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+        lm, info = AutoModelForCausalLM.from_pretrained(path, output_loading_info=True, **kwargs)
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"--model {model}: could not load ({first}); offline, pass a local model dir") from exc
@@ -203,12 +204,49 @@ def load_model(model: str | None, dtype: str | torch.dtype = "auto", device: str
         if "trust_remote_code" in str(exc) and not trust_remote_code:
             raise ConfigError(f"--model {model}: this model runs its own Python code (auto_map in its config); "
                               "read that code, then pass --trust-remote-code to allow it") from exc
+        if "Unrecognized configuration class" in str(exc):
+            raise ConfigError(f"--model {model}: not a causal language model (transformers has no causal-LM class "
+                              "for its config); zoft fine-tunes decoder-only LMs such as OPT or Llama") from None
         raise
+    _check_weights(model, info)
     if not quantize and not device_map:
         lm.to(dev)
     lm.eval()
     lm.config.use_cache = False
+    _check_causal(lm, model)
     return lm, tokenizer, path
+
+
+def _check_weights(model: str | None, info: dict[str, Any]) -> None:
+    """Refuse weights that do not match the model's config: transformers would initialise the missing tensors at
+    random (with its warning hidden by `quiet_transformers`) and drop the unexpected ones."""
+    problems = []
+    for key, what in (("missing_keys", "missing"), ("unexpected_keys", "unexpected"),
+                      ("mismatched_keys", "of another shape")):
+        names = sorted(k if isinstance(k, str) else k[0] for k in info.get(key) or ())
+        if names:
+            shown = ", ".join(names[:4]) + (f" and {len(names) - 4} more" if len(names) > 4 else "")
+            problems.append(f"{len(names)} tensors {what} ({shown})")
+    if problems:
+        raise ConfigError(f"--model {model}: its weights do not match its config.json: {'; '.join(problems)}; "
+                          "check that the safetensors files belong to this config")
+
+
+@torch.inference_mode()
+def _check_causal(lm, model: str | None) -> None:
+    """Refuse a model whose positions see later tokens (an encoder such as BERT, which AutoModelForCausalLM loads
+    with bidirectional attention): the candidates zoft scores would be visible in the prompt. Two 8-token
+    forwards that differ in the last token only must agree at every earlier position."""
+    vocab = lm.get_input_embeddings().num_embeddings
+    ids = (torch.arange(8, device=lm.get_input_embeddings().weight.device) * 7 + 3) % vocab
+    other = ids.clone()
+    other[-1] = (other[-1] + 1) % vocab
+    a, b = (lm(input_ids=x[None], use_cache=False).logits[0, :-1].float() for x in (ids, other))
+    scale = a.abs().max().clamp(min=1e-6)
+    if not torch.allclose(a, b, atol=1e-3 * float(scale), rtol=0):
+        raise ConfigError(f"--model {model}: not a causal language model (a change in the last token changes "
+                          f"the earlier positions' outputs: {type(lm).__name__} attends both ways); zoft "
+                          "fine-tunes decoder-only LMs such as OPT or Llama")
 
 
 def meta_model(model: str | None, dtype: torch.dtype = torch.float32):

@@ -7,6 +7,9 @@ terminal the bar is replaced by lines like `step 120/20000 | loss 0.4321 | lr 1.
 from __future__ import annotations
 
 import datetime
+import errno
+import os
+import sys
 from contextlib import contextmanager
 from typing import Any
 
@@ -14,6 +17,50 @@ from rich.console import Console
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
                            TimeRemainingColumn)
 from rich.text import Text
+
+
+class SafeStream:
+    """stdout or stderr that a closed reader cannot break: `zoft train ... | head -3` must still finish, save and
+    write its files. On the first broken pipe (or EIO, a terminal gone away) the file descriptor is pointed at
+    /dev/null, so later writes, and Python's own flush at exit, succeed silently."""
+
+    def __init__(self, stream):
+        self._stream = stream
+        self.broken = False
+
+    def _guard(self, fn, *args):
+        if self.broken:
+            return len(args[0]) if args else None
+        try:
+            return fn(*args)
+        except OSError as exc:
+            if not isinstance(exc, BrokenPipeError) and exc.errno not in (errno.EPIPE, errno.EIO):
+                raise
+            self.broken = True
+            try:
+                devnull = os.open(os.devnull, os.O_WRONLY)
+                os.dup2(devnull, self._stream.fileno())
+                os.close(devnull)
+            except (OSError, ValueError, AttributeError):
+                pass  # not a real file (a test's capture): dropping the output is enough
+            return len(args[0]) if args else None
+
+    def write(self, text: str):
+        return self._guard(self._stream.write, text)
+
+    def flush(self) -> None:
+        self._guard(self._stream.flush)
+
+    def __getattr__(self, name: str):
+        return getattr(self._stream, name)
+
+
+def protect_std_streams() -> None:
+    """Wrap sys.stdout and sys.stderr in `SafeStream` (once)."""
+    for name in ("stdout", "stderr"):
+        stream = getattr(sys, name)
+        if stream is not None and not isinstance(stream, SafeStream):
+            setattr(sys, name, SafeStream(stream))
 
 
 class _SpeedColumn(ProgressColumn):

@@ -37,12 +37,8 @@ class ReplayRequest:
 def replay(req: ReplayRequest, reporter=None) -> dict[str, Any]:
     """Rebuild the weights after `to_step` steps into `output_dir` (a checkpoint `zoft train --resume` and
     `from_pretrained` both take); returns a summary."""
-    import torch
-
-    from zoft.algos import get_algorithm, trainable_parameters
-    from zoft.builders import build_model, build_optimizer, place
-    from zoft.checkpoint import save_checkpoint
-    from zoft.models import resolve_model_path
+    from zoft.algos import get_algorithm
+    from zoft.runlock import RunLock
 
     run = Path(req.run_dir)
     if not (run / "config.yaml").is_file():
@@ -51,15 +47,31 @@ def replay(req: ReplayRequest, reporter=None) -> dict[str, Any]:
     if not get_algorithm(cfg.algo).replayable:
         raise ConfigError(f"--algo {cfg.algo} runs cannot be replayed: its steps depend on gradients; use its "
                           "checkpoints")
-    records = trajectory.read(run)
+    records = trajectory.read(run, until=req.to_step)
     to_step = len(records) if req.to_step is None else req.to_step
     if not 0 <= to_step <= len(records):
         raise ConfigError(f"--to-step {to_step}: {run} has a trajectory of {len(records)} steps")
     out = Path(req.output_dir or run / f"replay-{to_step}")
+    if out.resolve() == run.resolve() or out.resolve() in run.resolve().parents:
+        raise ConfigError(f"--output-dir {out} would replace the run it replays ({run}); write the replay into a "
+                          "new directory (default: <run>/replay-<step>)")
     if out.exists() and any(out.iterdir()) and not req.overwrite:
         raise ConfigError(f"--output-dir {out} already exists; pass --overwrite to replace it")
     if req.base:
         cfg.model = req.base
+    with RunLock(out, what="zoft replay"):
+        return _rebuild(cfg, run, out, records, to_step, reporter)
+
+
+def _rebuild(cfg: TrainConfig, run: Path, out: Path, records: list, to_step: int, reporter) -> dict[str, Any]:
+    """Apply the first `to_step` records to the base model and save the checkpoint at `out`."""
+    import torch
+
+    from zoft.algos import trainable_parameters
+    from zoft.builders import build_model, build_optimizer, place
+    from zoft.checkpoint import save_checkpoint
+    from zoft.models import resolve_model_path
+
     model, tokenizer, _ = build_model(cfg, resolve_model_path(cfg.model), place(cfg, training=False))
     opt = build_optimizer(cfg, trainable_parameters(model))
     with torch.no_grad():

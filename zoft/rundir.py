@@ -8,11 +8,12 @@ requeue scripts rely on that), after cleaning up what a killed run left (`zoft.c
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import yaml
 
-from zoft.checkpoint import latest_checkpoint, recover
+from zoft.checkpoint import latest_checkpoint, read_state, recover
 from zoft.config import TrainConfig, trajectory_keys, value_of
 from zoft.errors import ConfigError
 
@@ -28,21 +29,36 @@ _LEGACY = {"objective": "ce", "per_label": False, "prompt_field": None, "target_
 def check(cfg: TrainConfig) -> Path | None:
     """Check the output dir against --overwrite/--resume; returns the checkpoint to resume from, if any."""
     out = Path(cfg.output_dir)
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output-dir {out} is a file; choose a directory")
     if cfg.resume:
         for note in recover(out):
             log.warning("--resume: %s in %s", note, out)
-        ckpt = latest_checkpoint(out, report=True)
+        ckpt = latest_checkpoint(out, report=True, verify=True)
         if ckpt is None:
             log.warning("--resume: no checkpoint in %s yet; starting from step 0", out)
         else:
             check_resume_config(cfg, ckpt)
+            step = int(read_state(ckpt)["step"])
+            if cfg.steps < step:
+                raise ConfigError(f"--resume: {ckpt} is at step {step}, beyond --steps {cfg.steps}; pass --steps "
+                                  f"{step} or more to continue it, or a new --output-dir")
         return ckpt
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--output-dir {out} is a file; choose a directory")
     if out.exists() and any(out.iterdir()) and not cfg.overwrite:
         raise ConfigError(f"--output-dir {out} already exists; pass --overwrite to replace it or --resume "
                           "to continue it")
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--output-dir {out} is a file; choose a directory")
+    if not os.access(out if out.exists() else _existing_parent(out), os.W_OK):
+        raise ConfigError(f"--output-dir {out}: not writable; choose a writable place")
     return None
+
+
+def _existing_parent(path: Path) -> Path:
+    for parent in path.absolute().parents:
+        if parent.exists():
+            return parent
+    return Path("/")
 
 
 def check_resume_config(cfg: TrainConfig, ckpt: Path) -> None:

@@ -23,6 +23,7 @@ class RunState:
     train_s: float = 0.0                    # wall time of steps only (it/s)
     zero_shot: dict[str, float] = field(default_factory=dict)  # the step-0 dev (and eval) metric
     replayed_from: str | None = None        # the run dir a `zoft replay` checkpoint was rebuilt from
+    data: dict[str, str] = field(default_factory=dict)  # SHA-256 of each split's examples (`Splits.digests`)
 
     def to_dict(self) -> dict[str, Any]:
         data = dataclasses.asdict(self)

@@ -11,6 +11,7 @@ and `zoft.distributed.World`, whose single-process form does nothing.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -110,10 +111,16 @@ class Run:
 
 
 def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
-    """Run a ZO fine-tune as configured; returns the run summary (also written to summary.json)."""
-    run = prepare(cfg, reporter)
-    steps(run)
-    return finish(run)
+    """Run a ZO fine-tune as configured; returns the run summary (also written to summary.json). Rank 0 holds
+    the output dir's lock (`zoft.runlock`) for the whole run, so a second writer is refused."""
+    from zoft.runlock import RunLock
+
+    cfg = finalize(cfg)
+    main = int(os.environ.get("RANK", "0")) == 0
+    with RunLock(Path(cfg.output_dir)) if main else contextlib.nullcontext():
+        run = prepare(cfg, reporter)
+        steps(run)
+        return finish(run)
 
 
 # -- prepare -------------------------------------------------------------------------------------------------
@@ -134,10 +141,13 @@ def prepare(cfg: TrainConfig, reporter: Reporter | None = None) -> Run:
     resume_from = rundir.check(cfg) if world.main else None
     world.barrier()
     if not world.main and cfg.resume:
-        resume_from = latest_checkpoint(Path(cfg.output_dir))
+        resume_from = latest_checkpoint(Path(cfg.output_dir), verify=True)
     placement = place(cfg)
     resolve_model_path(cfg.model, convert=False)  # cheap checks of --model before reading any data
     splits = _load_splits(cfg, task)
+    data = splits.digests()
+    if resume_from is not None:
+        _check_same_data(resume_from, data, splits.source)
     model_path = resolve_model_path(cfg.model)  # may convert the embedded model once (~15 s)
     reporter.info(f"data: {splits.source}: {len(splits.train)} train / {len(splits.dev)} dev / "
                   f"{len(splits.eval)} eval")
@@ -154,7 +164,20 @@ def prepare(cfg: TrainConfig, reporter: Reporter | None = None) -> Run:
     run = Run(cfg, world, reporter, Path(cfg.output_dir), task, splits, placement, device, model, tokenizer, opt,
               Objective(cfg.objective, task.objective, pad, device, tokenizer), encoded, pad)
     _open(run, resume_from, model_path)
+    run.state.data = data
     return run
+
+
+def _check_same_data(ckpt: Path, data: dict[str, str], source: str) -> None:
+    """Refuse to resume on other train or dev examples than the run was trained on (a data file edited in place,
+    another sample): the run would silently continue into another trajectory or select on another dev set. The
+    eval set only scores the result, and --num-eval may change on a resume."""
+    saved = read_state(ckpt).get("data") or {}  # checkpoints saved before the digests existed have none
+    changed = [name for name in ("train", "dev") if name in saved and saved[name] != data[name]]
+    if changed:
+        raise ConfigError(f"--resume: the {'/'.join(changed)} examples read now ({source}) differ from those "
+                          f"{ckpt.parent} was trained on; restore the data the run used, or start a new "
+                          "--output-dir")
 
 
 def _load_splits(cfg: TrainConfig, task):

@@ -36,18 +36,31 @@ def writer(run_dir: Path, keep_until_step: int | None) -> JsonLines:
     return JsonLines(run_dir / TRAJECTORY_FILE, keep_until_step, step_key="t", keep=False)
 
 
-def read(run_dir: Path) -> list[dict[str, Any]]:
-    """Every step's scalars in order; a cut-short last line (what a killed run leaves) ends the file."""
+def read(run_dir: Path, until: int | None = None) -> list[dict[str, Any]]:
+    """Every step's scalars in order (the first `until` steps only, when given: lines after them are not read); a
+    torn last line (what a killed run leaves) ends the file, and any other damaged line is an error naming it."""
     path = run_dir / TRAJECTORY_FILE
     if not path.is_file():
         raise ConfigError(f"{run_dir}: no {TRAJECTORY_FILE} (runs write it since zoft 0.2; fo-adam runs have none)")
     records = []
-    for number, line in enumerate(path.read_text().splitlines(), 1):
+    text = path.read_text()
+    text_ends_whole = text.endswith("\n")
+    lines = text.split("\n")
+    if text_ends_whole:
+        lines.pop()  # the empty string after the newline that ends the last whole line
+    for number, line in enumerate(lines, 1):
+        if until is not None and number > until:
+            break
         try:
             rec = json.loads(line)
+            ok = isinstance(rec, dict) and rec.get("t") == number
         except json.JSONDecodeError:
-            break  # a killed run's last line; everything before it is whole
-        if rec.get("t") != number:
-            raise ConfigError(f"{path}: line {number} is step {rec.get('t')}, expected {number}; the file is damaged")
+            rec, ok = None, False
+        if not ok:
+            if number == len(lines) and rec is None and not text_ends_whole:
+                break  # a killed run's torn last line (no newline after it); everything before it is whole
+            what = f"is step {rec.get('t')}, expected {number}" if isinstance(rec, dict) else "is not a whole line"
+            raise ConfigError(f"{path}: line {number} {what}; the file is damaged (only a torn last line, which a "
+                              "killed run leaves, is skipped): replay to a step before it with --to-step")
         records.append(decode(rec))
     return records

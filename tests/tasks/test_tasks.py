@@ -299,7 +299,7 @@ def test_custom_bad_verbalizer(tmp_path, spec):
 
 def test_custom_unknown_label_names_value_and_row(tmp_path):
     path = _write_jsonl(tmp_path / "train.jsonl", _rows(3) + [{"sentence": "meh", "label": 7}])
-    with pytest.raises(TaskDataError, match=r"record 4 of train\.jsonl has label 7.*--verbalizer"):
+    with pytest.raises(TaskDataError, match=r"line 4 of train\.jsonl has label 7.*--verbalizer"):
         custom_task(path, verbalizer="0=terrible,1=great")
 
 

@@ -145,6 +145,21 @@ class Splits:
     eval: list[Example | GenExample]
     source: str
 
+    def digests(self) -> dict[str, str]:
+        """SHA-256 of each split's examples (prompts, candidates, labels): a resume checks that it reads the data
+        the run was trained on."""
+        import dataclasses
+        import hashlib
+
+        out = {}
+        for name in ("train", "dev", "eval"):
+            h = hashlib.sha256()
+            for example in getattr(self, name):
+                h.update(json.dumps(dataclasses.asdict(example), sort_keys=True, ensure_ascii=False).encode())
+                h.update(b"\n")
+            out[name] = h.hexdigest()
+        return out
+
 
 # ---------------------------------------------------------------------------
 # File readers

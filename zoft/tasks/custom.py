@@ -84,6 +84,21 @@ def _label_index(value: Any, labels: tuple[str, ...]) -> int | None:
     return labels.index(text) if text in labels else None
 
 
+def _fill(template: str, record: dict, where: str, file_name: str) -> str:
+    """The prompt of `record`; a field the template reads that is null or absent is an error naming the row (it
+    would otherwise become the text "None")."""
+    for name in template_fields(template):
+        if record.get(name) is None:
+            state = "a null" if name in record else "no"
+            raise TaskDataError(f"{where} of {file_name} has {state} '{name}' (read by the template); fill or drop "
+                                "the row")
+    try:
+        return template.format_map(record)
+    except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
+        raise TaskDataError(f"{where} of {file_name} cannot fill --template {template!r} "
+                            f"({type(exc).__name__}: {exc})") from exc
+
+
 class _Converter:
     """Turns a custom record into an :class:`Example` (a class so errors can name the row)."""
 
@@ -100,11 +115,11 @@ class _Converter:
         """Convert ``record``; ``where`` (e.g. "row 3") and ``file_name`` go into error messages."""
         if self.label_field not in record:
             raise TaskDataError(f"{where} of {file_name} has no '{self.label_field}' field (--label-field); add it to every row")
-        try:
-            prompt = self.template.format_map(record)
-        except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
-            raise TaskDataError(f"{where} of {file_name} cannot fill --template {self.template!r} ({type(exc).__name__}: {exc})") from exc
+        prompt = _fill(self.template, record, where, file_name)
         value = record[self.label_field]
+        if value is None:
+            raise TaskDataError(f"{where} of {file_name} has a null '{self.label_field}' (--label-field); fill or "
+                                "drop the row")
         label = _label_index(value, self.labels)
         if label is None:
             raise TaskDataError(
@@ -149,10 +164,16 @@ def _resolve_text_field(text_field: str | None, template: str | None, columns: l
     )
 
 
-def _validate_rows(converter: _Converter, records: list[dict], file_name: str, is_csv: bool) -> None:
-    # Convert every row now: a bad label in row 9,000 should fail before the model loads.
-    for number, record in enumerate(records, 1):
-        converter.convert(record, f"{'data row' if is_csv else 'record'} {number}", file_name)
+def _validate_rows(converter: _Converter, records: list[dict], path: Path) -> None:
+    """Convert every row now: a bad label in row 9,000 should fail before the model loads. Errors name the data
+    row of a CSV file and the line of a JSONL file (blank lines are skipped when reading, so count them here)."""
+    if path.suffix.lower() == ".jsonl":
+        lines = [n for n, line in enumerate(path.read_text(encoding="utf-8-sig").splitlines(), 1) if line.strip()]
+        places = [f"line {n}" for n in lines]
+    else:
+        places = [f"data row {n}" for n in range(1, len(records) + 1)]
+    for place, record in zip(places, records):
+        converter.convert(record, place, path.name)
 
 
 def custom_task(
@@ -212,9 +233,9 @@ def _file_task(description: str, converter, train: tuple[Path, list[dict]],
     """A custom Task over records already read: every row converted once now (errors name the row), eval from
     the eval file or from the train rows the sample leaves."""
     (train_path, train_records), (eval_path, eval_records) = train, evaluation
-    _validate_rows(converter, train_records, train_path.name, train_path.suffix.lower() == ".csv")
+    _validate_rows(converter, train_records, train_path)
     if eval_path is not None:
-        _validate_rows(converter, eval_records, eval_path.name, eval_path.suffix.lower() == ".csv")
+        _validate_rows(converter, eval_records, eval_path)
 
     def records_loader(split: str) -> tuple[list[dict], str]:
         if split == "eval" and eval_path is not None:
@@ -244,11 +265,9 @@ class _GenConverter:
         return self.convert(record, "a record", "the data file")
 
     def convert(self, record: dict, where: str, file_name: str) -> GenExample:
-        try:
-            prompt = self.template.format_map(record)
-        except (KeyError, IndexError, AttributeError, ValueError, TypeError) as exc:
-            raise TaskDataError(f"{where} of {file_name} cannot fill --template {self.template!r} ({type(exc).__name__}: {exc})") from exc
-        target = str(record.get(self.target_field, "")).strip()
+        prompt = _fill(self.template, record, where, file_name)
+        value = record.get(self.target_field)
+        target = "" if value is None else str(value).strip()
         if not target:
             raise TaskDataError(f"{where} of {file_name} has an empty '{self.target_field}' (--target-field); fill or drop the row")
         # Like SQuAD's " {answer}\n": a separating space, and a newline that teaches the model where to stop.
