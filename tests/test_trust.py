@@ -280,3 +280,89 @@ def test_an_output_dir_that_cannot_be_written_is_refused_before_loading(make, ne
     finally:
         if needle == "Read-only file system":
             subprocess.run(["umount", str(tmp_path / "ro")], check=False)
+
+
+# -- user errors are one line and exit 2, before anything loads ----------------------------------------------------
+def _model_variant(tiny_model_dirs, tmp_path, name, change):
+    path = tmp_path / name
+    shutil.copytree(tiny_model_dirs["llama"], path)
+    change(path)
+    return path
+
+
+def _truncate(path):
+    data = (path / "model.safetensors").read_bytes()
+    (path / "model.safetensors").write_bytes(data[: len(data) // 2])
+
+
+def _no_tokenizer(path):
+    for f in path.glob("tokenizer*"):
+        f.unlink()
+
+
+def _small_embedding(path):
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    LlamaForCausalLM(LlamaConfig(vocab_size=50, hidden_size=32, intermediate_size=64, num_hidden_layers=1,
+                                 num_attention_heads=2)).save_pretrained(path)
+
+
+@pytest.mark.parametrize("change, needle", [
+    (_truncate, "safetensors weights are damaged or truncated"),
+    (_no_tokenizer, "cannot load its tokenizer"),
+    (_small_embedding, "but the embedding only 50 rows"),
+])
+def test_broken_model_dirs_are_named(change, needle, tiny_model_dirs, tmp_path):
+    model = _model_variant(tiny_model_dirs, tmp_path, change.__name__, change)
+    result = runner.invoke(app, args(model, tmp_path / "o", "--steps", "1"))
+    assert result.exit_code == 2 and needle in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "o").exists()
+
+
+def test_an_encoder_decoder_is_refused(tokenizer, tmp_path):
+    from transformers import T5Config, T5ForConditionalGeneration
+
+    t5 = tmp_path / "t5"
+    T5ForConditionalGeneration(T5Config(vocab_size=len(tokenizer), d_model=32, d_ff=64, num_layers=1, num_heads=2,
+                                        d_kv=16)).save_pretrained(t5)
+    tokenizer.save_pretrained(t5)
+    result = runner.invoke(app, args(t5, tmp_path / "o", "--steps", "1"))
+    assert result.exit_code == 2 and "not a causal language model" in " ".join(result.output.split())
+
+
+def test_recipes_and_run_configs_that_are_not_utf8_yaml_mappings(tiny_model_dirs, tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_bytes(b"lr: 1e-3\n# caf\xe9\n")
+    result = runner.invoke(app, ["train", str(recipe)])
+    assert result.exit_code == 2 and "not UTF-8" in result.output
+    out = tmp_path / "run"
+    assert runner.invoke(app, args(tiny_model_dirs["llama"], out, "--steps", "2")).exit_code == 0
+    (out / "config.yaml").write_text("- a\n- b\n")
+    for cmd in (["eval", str(out)], ["replay", "-", str(out)]):  # a resume reads its checkpoint's copy
+        result = runner.invoke(app, cmd)
+        assert result.exit_code == 2 and "must be a mapping" in " ".join(result.output.split()), (cmd, result.output)
+
+
+@pytest.mark.parametrize("cmd, needle", [
+    (["train", "--max-length", "1", "--data-dir", "builtin"], "--max-length 1 cannot hold the"),
+    (["train", "--task", "custom", "--data-file", "x.jsonl", "--verbalizer", "0=a,1=b", "--data-dir", "d"],
+     "--data-dir d does not apply to --task custom"),
+    (["estimate-memory", "{model}", "--batch-size", "0"], "--batch-size must be >= 1"),
+    (["estimate-memory", "{model}", "--mode", "lora", "--lora-r", "0"], "--lora-r must be >= 1"),
+    (["estimate-memory", "{model}", "--virtual-tokens", "-3", "--mode", "prefix"], "--virtual-tokens"),
+    (["eval", "{model}", "--task", "sst2", "--data-dir", "builtin", "--num-eval", "0"], "--num-eval must be > 0"),
+    (["replay", "-", "{run}", "--to-step", "-1"], "--to-step -1"),
+    (["sweep", "{recipe}", "--grid", "lr=1e-3,1e-3"], "maps two points to one run dir"),
+])
+def test_bad_numbers_and_flags_exit_2_naming_the_flag(cmd, needle, tiny_model_dirs, tmp_path):
+    run = tmp_path / "run"
+    if "{run}" in cmd:
+        assert runner.invoke(app, args(tiny_model_dirs["llama"], run, "--steps", "2")).exit_code == 0
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text(f"model: {tiny_model_dirs['llama']}\ndata_dir: builtin\nsteps: 1\n")
+    cmd = [c.format(model=tiny_model_dirs["llama"], run=run, recipe=recipe) for c in cmd]
+    if cmd[0] == "train":
+        cmd += ["--model", str(tiny_model_dirs["llama"]), "--steps", "1", "--output-dir", str(tmp_path / "o")]
+    result = runner.invoke(app, cmd)
+    assert result.exit_code == 2 and needle in " ".join(result.output.split()), result.output
+    assert not (tmp_path / "o").exists()

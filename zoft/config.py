@@ -232,17 +232,28 @@ def check_keys(mapping: dict[str, Any], source: str) -> dict[str, Any]:
     return out
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    """Read a recipe YAML into checked config keys (algorithm options flat, as written)."""
+def read_mapping(path: str | Path, what: str = "recipe") -> dict[str, Any]:
+    """A YAML file of config keys (a recipe, a run's config.yaml) as a dict; ConfigError naming the file when it is
+    missing, not UTF-8, not YAML or not a mapping."""
     path = Path(path)
     if not path.is_file():
-        raise ConfigError(f"recipe {path}: no such file")
+        raise ConfigError(f"{what} {path}: no such file")
     try:
-        data = yaml.safe_load(path.read_text()) or {}
+        data = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{what} {path}: not UTF-8 text (byte {exc.start}); save it as UTF-8") from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"recipe {path}: not valid YAML ({str(exc).splitlines()[0]})") from exc
+        raise ConfigError(f"{what} {path}: not valid YAML ({str(exc).splitlines()[0]})") from None
+    except OSError as exc:
+        raise ConfigError(f"{what} {path}: cannot read it ({exc.strerror or exc})") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"recipe {path}: must be a mapping of config keys, got {type(data).__name__}")
+        raise ConfigError(f"{what} {path}: must be a mapping of config keys, got {type(data).__name__}")
+    return data
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """Read a recipe YAML into checked config keys (algorithm options flat, as written)."""
+    data = read_mapping(path)
     return {key: check_value(key, value, f"recipe {path}") for key, value in data.items()}
 
 
@@ -337,6 +348,9 @@ def _validate_task(cfg: TrainConfig) -> None:
         raise ConfigError(f"--task {cfg.task}: unknown task; choose from {', '.join([*TASKS, 'custom'])}")
     if cfg.task == "custom" and not cfg.data_file:
         raise ConfigError("--task custom needs --data-file (a jsonl or csv with text and label columns)")
+    if cfg.task == "custom" and cfg.data_dir is not None:
+        raise ConfigError(f"--data-dir {cfg.data_dir} does not apply to --task custom, which reads --data-file "
+                          "(and --eval-file); drop --data-dir")
     custom_only = ("data_file", "verbalizer", "template", "prompt_field", "target_field", "text_field")
     given = [cfg.flag(k) for k in custom_only if getattr(cfg, k) is not None]
     if cfg.task != "custom" and given:

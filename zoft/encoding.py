@@ -13,6 +13,7 @@ from dataclasses import dataclass
 
 import torch
 
+from zoft.errors import ConfigError
 from zoft.tasks import Example, GenExample
 
 
@@ -71,8 +72,10 @@ def encode_examples(tokenizer, examples: Sequence[Example | GenExample], max_len
             option_len = len(ids) - len(prompt_ids)
             if option_len < 1:
                 raise ValueError(f"candidate {cand!r} adds no token to prompt {ex.prompt[-40:]!r}")
+            if option_len + 1 > max_length:  # the candidate itself would be cut, or nothing of the prompt left
+                raise ConfigError(f"--max-length {max_length} cannot hold the {option_len}-token candidate "
+                                  f"{cand!r} after any prompt; raise --max-length above {option_len}")
             ids = _truncate_left(ids, max_length, bos)
-            option_len = min(option_len, len(ids) - 1)
             rows.append(tuple(ids))
             lens.append(option_len)
         if generation:

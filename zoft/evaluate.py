@@ -7,10 +7,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from zoft.checkpoint import STATE_FILE, CheckpointDamagedError, check_intact
-from zoft.config import TrainConfig, check_keys, validate
+from zoft.config import TrainConfig, check_keys, read_mapping, validate
 from zoft.errors import ConfigError
 
 
@@ -37,9 +35,9 @@ def _locate(model: str) -> tuple[str, Path | None, dict[str, Any]]:
     """(weights to load, run dir or None, the run's saved config) for a run dir, a checkpoint or a model id."""
     path = Path(model).expanduser()
     if (path / "config.yaml").is_file() and (path / "best" / STATE_FILE).is_file():
-        return str(path / "best"), path, yaml.safe_load((path / "config.yaml").read_text())
+        return str(path / "best"), path, read_mapping(path / "config.yaml", "run config")
     if (path / STATE_FILE).is_file() and (path / "config.yaml").is_file():
-        return str(path), None, yaml.safe_load((path / "config.yaml").read_text())
+        return str(path), None, read_mapping(path / "config.yaml", "run config")
     return model, None, {}
 
 

@@ -145,7 +145,16 @@ def load_tokenizer(path: str, trust_remote_code: bool = False):
     """The tokenizer of a model dir or hub id, with a pad token (EOS when the model has none)."""
     from transformers import AutoTokenizer
 
-    tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, TypeError) as exc:
+        if "trust_remote_code" in str(exc):
+            raise
+        local = Path(path).is_dir()
+        hint = ("it holds no usable tokenizer files (tokenizer.json, tokenizer_config.json, ...): copy them from "
+                "the base model" if local else "offline, pass a local model dir")
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ConfigError(f"--model {path}: cannot load its tokenizer ({first[:120]}); {hint}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
     return tokenizer
@@ -200,7 +209,12 @@ def load_model(model: str | None, dtype: str | torch.dtype = "auto", device: str
     except OSError as exc:
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ConfigError(f"--model {model}: could not load ({first}); offline, pass a local model dir") from exc
-    except ValueError as exc:
+    except Exception as exc:
+        if type(exc).__name__ == "SafetensorError":  # safetensors' own type, not an OSError
+            raise ConfigError(f"--model {model}: its safetensors weights are damaged or truncated "
+                              f"({str(exc).strip().splitlines()[0]}); copy the model again") from None
+        if not isinstance(exc, ValueError):
+            raise
         if "trust_remote_code" in str(exc) and not trust_remote_code:
             raise ConfigError(f"--model {model}: this model runs its own Python code (auto_map in its config); "
                               "read that code, then pass --trust-remote-code to allow it") from exc
@@ -209,6 +223,10 @@ def load_model(model: str | None, dtype: str | torch.dtype = "auto", device: str
                               "for its config); zoft fine-tunes decoder-only LMs such as OPT or Llama") from None
         raise
     _check_weights(model, info)
+    rows = lm.get_input_embeddings().num_embeddings
+    if len(tokenizer) > rows:
+        raise ConfigError(f"--model {model}: its tokenizer has {len(tokenizer):,} tokens but the embedding only "
+                          f"{rows:,} rows; the tokenizer files belong to another model")
     if not quantize and not device_map:
         lm.to(dev)
     lm.eval()

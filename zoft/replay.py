@@ -17,10 +17,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from zoft import trajectory
-from zoft.config import TrainConfig, check_keys, to_yaml
+from zoft.config import TrainConfig, check_keys, read_mapping, to_yaml
 from zoft.errors import ConfigError
 from zoft.runstate import RunState
 
@@ -43,7 +41,7 @@ def replay(req: ReplayRequest, reporter=None) -> dict[str, Any]:
     run = Path(req.run_dir)
     if not (run / "config.yaml").is_file():
         raise ConfigError(f"{req.run_dir}: not a zoft run dir (no config.yaml)")
-    cfg = TrainConfig(**check_keys(yaml.safe_load((run / "config.yaml").read_text()), f"{run}/config.yaml"))
+    cfg = TrainConfig(**check_keys(read_mapping(run / "config.yaml", "run config"), f"{run}/config.yaml"))
     if not get_algorithm(cfg.algo).replayable:
         raise ConfigError(f"--algo {cfg.algo} runs cannot be replayed: its steps depend on gradients; use its "
                           "checkpoints")

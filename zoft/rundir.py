@@ -11,10 +11,8 @@ import logging
 import os
 from pathlib import Path
 
-import yaml
-
 from zoft.checkpoint import latest_checkpoint, read_state, recover
-from zoft.config import TrainConfig, trajectory_keys, value_of
+from zoft.config import TrainConfig, read_mapping, trajectory_keys, value_of
 from zoft.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -66,7 +64,7 @@ def check_resume_config(cfg: TrainConfig, ckpt: Path) -> None:
     algorithm option the saved config lacks (saved before the option existed) had its default."""
     from zoft.algos import get_algorithm
 
-    saved = {**_LEGACY, **yaml.safe_load((ckpt / "config.yaml").read_text())}
+    saved = {**_LEGACY, **read_mapping(ckpt / "config.yaml", "run config")}
     defaults = {o.name: o.default for o in get_algorithm(cfg.algo).options}
     diffs = [f"{k} ({saved.get(k, defaults.get(k))!r} in the run, {value_of(cfg, k)!r} now)"
              for k in trajectory_keys(cfg) if saved.get(k, defaults.get(k)) != value_of(cfg, k)]

@@ -58,10 +58,13 @@ class RunLock:
         self.path = lock_path(out)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
+        self._created: list[Path] = []
 
     def acquire(self) -> RunLock:
+        missing = [d for d in [self.path.parent, *self.path.parent.parents] if not d.exists()]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._created = missing  # removed again on release if the run left them empty
         except OSError as exc:
             raise ConfigError(f"{self.flag} {self.out}: cannot create {self.path.parent} "
                               f"({exc.strerror or exc}); choose a writable place") from None
@@ -107,6 +110,11 @@ class RunLock:
             self._thread.join(timeout=1)
             self._thread = None
             self.path.unlink(missing_ok=True)
+        for d in self._created:  # deepest first: a failed start leaves no empty parent dirs behind
+            try:
+                d.rmdir()
+            except OSError:
+                break
 
     def __enter__(self) -> RunLock:
         return self.acquire()

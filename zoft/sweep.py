@@ -100,6 +100,9 @@ def plan(req: SweepRequest) -> tuple[Path, list[Point]]:
     for combo in itertools.product(*grid.values()):
         point = dict(zip(grid, combo))
         name = _point_name(point)
+        if any(q.name == name for q in points):  # two points writing one run dir would interleave their files
+            raise ConfigError(f"--grid maps two points to one run dir {base / name} (a repeated value, or values "
+                              "that differ only in '/' and '-'); list each value once")
         overrides = {k: typed for k, (_, typed) in {**fixed, **point}.items()}
         cfg = resolve(req.recipe, {**overrides, "output_dir": str(base / name)})
         flags = [f"--{k.replace('_', '-')}" + ("" if isinstance(v, bool) else f" {shlex.quote(text)}")
