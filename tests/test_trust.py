@@ -366,3 +366,14 @@ def test_bad_numbers_and_flags_exit_2_naming_the_flag(cmd, needle, tiny_model_di
     result = runner.invoke(app, cmd)
     assert result.exit_code == 2 and needle in " ".join(result.output.split()), result.output
     assert not (tmp_path / "o").exists()
+
+
+def test_a_null_field_of_a_builtin_task_is_refused_naming_the_record(tmp_path):
+    from zoft.tasks import TaskDataError, get_task, load_splits
+
+    records = [{"premise": f"A {i}.", "hypothesis": "B.", "label": "entailment", "idx": i} for i in range(20)]
+    records.append({"premise": None, "hypothesis": "B.", "label": "entailment", "idx": 20})
+    (tmp_path / "train.jsonl").write_text("\n".join(json.dumps(r) for r in records) + "\n")
+    (tmp_path / "val.jsonl").write_text(json.dumps(records[0]) + "\n")
+    with pytest.raises(TaskDataError, match="train record 21: rte record has a null 'premise'"):
+        load_splits(get_task("rte"), tmp_path, num_train=20, num_dev=1, num_eval=1)

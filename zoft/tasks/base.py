@@ -590,9 +590,12 @@ HUB_SPLITS = {"train": "train", "eval": "validation"}
 
 
 def record_field(record: dict, names: tuple[str, ...], task: str) -> Any:
-    """Return the first of ``names`` present in ``record`` (layouts differ between Hub and files)."""
+    """Return the first of ``names`` present in ``record`` (layouts differ between Hub and files); a null value
+    is an error (it would become the text "None")."""
     for name in names:
         if name in record:
+            if record[name] is None:
+                raise TaskDataError(f"{task} record has a null '{name}'; fill or drop the record")
             return record[name]
     raise TaskDataError(
         f"{task} record has no '{names[0]}' field (fields: {', '.join(map(str, record))}); check the data file format"
