@@ -55,6 +55,8 @@ RUNS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "zo-sgd-sign": ("opt", ("--algo", "zo-sgd-sign", "--lr", "1e-4", "--weight-decay", "0.1"), "cli"),
     "zo-sgd-sign-elementwise": ("llama", ("--algo", "zo-sgd-sign", "--sign-mode", "elementwise", "--lr", "1e-4"),
                                 "cli"),
+    "lozo": ("llama", ("--algo", "lozo", "--lozo-interval", "2", "--weight-decay", "0.1"), "cli"),
+    "lozo-m": ("opt", ("--algo", "lozo-m", "--lozo-rank", "1", "--lozo-interval", "3"), "cli"),
     "fo-adam": ("llama", ("--algo", "fo-adam", "--lr", "1e-4"), "cli"),
     "mezo-lora": ("opt", ("--algo", "mezo", "--mode", "lora", "--lora-r", "4"), "cli"),
     "zo-adam-lora": ("llama", ("--algo", "zo-adam", "--mode", "lora"), "cli"),
@@ -74,6 +76,7 @@ RUNS: dict[str, tuple[str, tuple[str, ...], str]] = {
                                  "--stochastic-rounding"), "offload"),
     "offload-zo-sgd-sign-elementwise": ("opt", ("--algo", "zo-sgd-sign", "--sign-mode", "elementwise", "--lr",
                                                 "1e-4", "--offload", "cpu"), "offload"),
+    "offload-lozo-m": ("llama", ("--algo", "lozo-m", "--lozo-interval", "2", "--offload", "cpu"), "offload"),
     "gloo-hizoo": ("llama", ("--algo", "hizoo", *_HIZOO, "--micro-batch-size", "1"), "gloo"),
 }
 

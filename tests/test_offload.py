@@ -22,7 +22,8 @@ runner = CliRunner()
 # every algorithm that says it can run offloaded is held to it here, so a new one is tested without an edit
 OFFLOADABLE = [name for name, cls in ALGORITHMS.items() if cls.offloadable]
 OPTIONS = {"hizoo": {"hessian_smooth": 0.01}, "hizoo-l": {"hessian_smooth": 0.01}, "tezo": {"rank": 4},
-           "tezo-m": {"rank": 4}, "tezo-adam": {"rank": 4}}
+           "tezo-m": {"rank": 4}, "tezo-adam": {"rank": 4}, "lozo": {"lozo_interval": 2},
+           "lozo-m": {"lozo_interval": 2}}
 
 
 def _pair(kind, dtype=torch.float32, algo="mezo"):
@@ -85,7 +86,7 @@ def test_stochastic_rounding_is_per_tensor_so_offload_equals_a_tensorwise_run(al
     assert _same_weights(plain, offloaded)
 
 
-@pytest.mark.parametrize("algo", ["mezo", "hizoo"])
+@pytest.mark.parametrize("algo", OFFLOADABLE)
 def test_a_non_finite_step_is_restored_at_the_next_visit(algo):
     plain, a, offloaded, b, _ = _pair("llama", algo=algo)
     ids = torch.randint(3, 400, (4, 12), generator=torch.Generator().manual_seed(2))

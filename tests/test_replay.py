@@ -14,7 +14,8 @@ runner = CliRunner()
 #: flags that make a tiny run exercise an algorithm's state (others run with none); every replayable algorithm of
 #: the registry is replayed below
 OPTIONS = {"hizoo": ("--hessian-smooth", "0.01"), "hizoo-l": ("--hessian-smooth", "0.01"),
-           "tezo-adam": ("--rank", "4"), "tezo": ("--rank", "4"), "tezo-m": ("--rank", "4")}
+           "tezo-adam": ("--rank", "4"), "tezo": ("--rank", "4"), "tezo-m": ("--rank", "4"),
+           "lozo": ("--lozo-interval", "2"), "lozo-m": ("--lozo-interval", "2")}
 REPLAYABLE = [name for name, cls in ALGORITHMS.items() if cls.replayable]
 
 

@@ -11,6 +11,7 @@ import difflib
 from zoft.algos.base import Estimate, ZOOptimizer, decays, trainable_parameters
 from zoft.algos.first_order import FirstOrderAdam
 from zoft.algos.hizoo import HiZOO, HiZOOL
+from zoft.algos.lozo import LOZO, LOZOM
 from zoft.algos.mezo import MeZO, ZOAdam, ZOSGDMomentum
 from zoft.algos.options import Option
 from zoft.algos.sign import ZOSGDSign
@@ -29,6 +30,8 @@ ALGORITHMS: dict[str, type[ZOOptimizer]] = {
     "tezo": TeZO,
     "tezo-m": TeZOM,
     "tezo-adam": TeZOAdam,
+    "lozo": LOZO,
+    "lozo-m": LOZOM,
     "fo-adam": FirstOrderAdam,  # the first-order reference (backprop), for memory and accuracy comparisons
 }
 
