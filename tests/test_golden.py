@@ -57,6 +57,8 @@ RUNS: dict[str, tuple[str, tuple[str, ...], str]] = {
                                 "cli"),
     "lozo": ("llama", ("--algo", "lozo", "--lozo-interval", "2", "--weight-decay", "0.1"), "cli"),
     "lozo-m": ("opt", ("--algo", "lozo-m", "--lozo-rank", "1", "--lozo-interval", "3"), "cli"),
+    "subzero": ("opt", ("--algo", "subzero", "--subzero-rank", "2", "--subzero-interval", "2", "--weight-decay",
+                        "0.1"), "cli"),
     "fo-adam": ("llama", ("--algo", "fo-adam", "--lr", "1e-4"), "cli"),
     "mezo-lora": ("opt", ("--algo", "mezo", "--mode", "lora", "--lora-r", "4"), "cli"),
     "zo-adam-lora": ("llama", ("--algo", "zo-adam", "--mode", "lora"), "cli"),
@@ -86,7 +88,8 @@ def platform() -> dict[str, str]:
 
 
 def _digest(t: torch.Tensor) -> str:
-    return hashlib.sha256(t.detach().contiguous().cpu().view(torch.uint8).numpy().tobytes()).hexdigest()[:16]
+    data = t.detach().reshape(-1).contiguous().cpu().view(torch.uint8)  # reshape: a 0-d tensor has no byte view
+    return hashlib.sha256(data.numpy().tobytes()).hexdigest()[:16]
 
 
 def _tensors(final: Path) -> dict[str, str]:

@@ -15,7 +15,8 @@ runner = CliRunner()
 #: the registry is replayed below
 OPTIONS = {"hizoo": ("--hessian-smooth", "0.01"), "hizoo-l": ("--hessian-smooth", "0.01"),
            "tezo-adam": ("--rank", "4"), "tezo": ("--rank", "4"), "tezo-m": ("--rank", "4"),
-           "lozo": ("--lozo-interval", "2"), "lozo-m": ("--lozo-interval", "2")}
+           "lozo": ("--lozo-interval", "2"), "lozo-m": ("--lozo-interval", "2"),
+           "subzero": ("--subzero-rank", "2", "--subzero-interval", "2")}
 REPLAYABLE = [name for name, cls in ALGORITHMS.items() if cls.replayable]
 
 

@@ -15,6 +15,7 @@ from zoft.algos.lozo import LOZO, LOZOM
 from zoft.algos.mezo import MeZO, ZOAdam, ZOSGDMomentum
 from zoft.algos.options import Option
 from zoft.algos.sign import ZOSGDSign
+from zoft.algos.subzero import SubZero
 from zoft.algos.tezo import TeZO, TeZOAdam, TeZOM
 from zoft.errors import ConfigError
 from zoft.runner import NonFiniteLossError
@@ -32,6 +33,7 @@ ALGORITHMS: dict[str, type[ZOOptimizer]] = {
     "tezo-adam": TeZOAdam,
     "lozo": LOZO,
     "lozo-m": LOZOM,
+    "subzero": SubZero,
     "fo-adam": FirstOrderAdam,  # the first-order reference (backprop), for memory and accuracy comparisons
 }
 

@@ -108,12 +108,16 @@ class LOZO(ZOOptimizer):
             self.ops.scale_(target, beta)
             self.ops.add_(target, block)
 
+    def lowrank(self, index: int, seed: int, t: int, direction: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """(L, R) with Z_t = L·Rᵀ for matrix `index` at step `t`: (U_t, V of t's period)."""
+        return self.u_factor(index, seed, direction), self.v_factor(index, t // self.interval)
+
     @torch.no_grad()
     def perturb_tensor(self, index: int, seed: int, scale: float, direction: int = 0) -> None:
-        """θ_i ← θ_i + scale·Z_t,i: U_t·Vᵀ for a matrix, dense z for another tensor."""
+        """θ_i ← θ_i + scale·Z_t,i: L·Rᵀ for a matrix, dense z for another tensor."""
         if self.ranks[index]:
-            period = self._step_of(seed) // self.interval
-            self.add_product(index, self.u_factor(index, seed, direction) * scale, self.v_factor(index, period))
+            left, right = self.lowrank(index, seed, self._step_of(seed), direction)
+            self.add_product(index, left * scale, right)
         else:
             self.engine.axpy_(index, seed, scale, direction)
 
@@ -126,9 +130,9 @@ class LOZO(ZOOptimizer):
     # -- P3 ---------------------------------------------------------------------------------------------------
     def update_tensor(self, index: int, seed: int, record: dict, t: int) -> None:
         p, c, lr, g = self.tensors[index], self.decay_factor(index), self.hyper(index)["lr"], record["projected_grad"]
-        if self.ranks[index]:  # W ← c·W + (c·ε − η·κ)·U_t·Vᵀ = c·W_orig − η·κ·Z_t
-            self.add_product(index, self.u_factor(index, seed) * (c * self.eps - lr * g),
-                             self.v_factor(index, t // self.interval), beta=c)
+        if self.ranks[index]:  # W ← c·W + (c·ε − η·κ)·L·Rᵀ = c·W_orig − η·κ·Z_t
+            left, right = self.lowrank(index, seed, t)
+            self.add_product(index, left * (c * self.eps - lr * g), right, beta=c)
         else:
             self.ops.scale_(p, c)
             self.engine.axpy_(index, seed, c * self.eps - lr * g)
