@@ -5,6 +5,8 @@ An algorithm (`zoft.algos.base.ZOOptimizer`) supplies only what is its own:
 - its probes: the moves along its direction(s) made before each forward (`probe_moves`, e.g. MeZO's +ε then −2ε,
   HiZOO's none, +ε, −2ε) and the direction itself (`perturb`, `perturb_tensor`);
 - how the probe losses become the step's scalars (`estimate`: the projected gradient g, HiZOO's curvature c);
+- optionally, points to try once the estimate is known and how to choose among them (`trial_moves`, `choose`:
+  ZO-SGD-Cons evaluates θ ∓ η·g·z and keeps the lowest loss); the choice joins the step's record;
 - its update of one tensor from those scalars, fused with the restore of the last probe (`update_tensor`), and of
   every tensor when it has a faster fused pass (`update_all`, bitwise the same);
 - its state (moments, H), which lives in `opt.state` per tensor.
@@ -79,6 +81,13 @@ class StepRunner:
             self._move(seed, forward)
             losses.append(opt.evaluate(closure))
         estimate = self._checked(losses, lambda: self._move(seed, restore_moves(moves)))
+        trials = opt.trial_moves(estimate.record)
+        if trials:  # points chosen from the estimate (ZO-SGD-Cons): evaluate them, let the algorithm pick
+            trial_losses = []
+            for forward in trials:
+                self._move(seed, forward)
+                trial_losses.append(opt.evaluate(closure))
+            estimate = opt.choose(estimate, trial_losses)
         self.apply_update(seed, estimate.record, t)
         return self._finish(estimate)
 
@@ -91,12 +100,15 @@ class StepRunner:
         moves = opt.probe_moves()
         for forward in moves:
             self._move(seed, forward)
+        trials = [] if record.get("skipped") else opt.trial_moves(record)
         if record.get("skipped"):
             self._move(seed, restore_moves(moves))  # the restore of a step that was not applied
         else:
+            for forward in trials:
+                self._move(seed, forward)
             self.apply_update(seed, record, t)
         opt.t += 1
-        opt.forwards += len(moves)
+        opt.forwards += len(moves) + len(trials)
 
     def flush(self) -> None:
         """Make every deferred update land in the weights (nothing is deferred here)."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 import difflib
 
 from zoft.algos.base import Estimate, ZOOptimizer, decays, trainable_parameters
+from zoft.algos.cons import ZOSGDCons
 from zoft.algos.first_order import FirstOrderAdam
 from zoft.algos.hizoo import HiZOO, HiZOOL
 from zoft.algos.lozo import LOZO, LOZOM
@@ -26,6 +27,7 @@ ALGORITHMS: dict[str, type[ZOOptimizer]] = {
     "zo-sgd-mmt": ZOSGDMomentum,
     "zo-adam": ZOAdam,
     "zo-sgd-sign": ZOSGDSign,
+    "zo-sgd-cons": ZOSGDCons,
     "hizoo": HiZOO,
     "hizoo-l": HiZOOL,
     "tezo": TeZO,

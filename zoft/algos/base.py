@@ -216,6 +216,16 @@ class ZOOptimizer(torch.optim.Optimizer):
         return Estimate({"projected_grad": g}, 0.5 * (loss_plus + loss_minus),
                         {"loss_plus": loss_plus, "loss_minus": loss_minus})
 
+    def trial_moves(self, record: dict[str, Any]) -> list[list[tuple[int, float]]]:
+        """Moves to points tried once the estimate is known, one forward after each (none by default); the runner
+        makes them after the probes and then calls `choose` with their losses. Replay makes them too, from the
+        record, so they must depend on the record only."""
+        return []
+
+    def choose(self, estimate: Estimate, trial_losses: list[float]) -> Estimate:
+        """The step's estimate once the trial points' losses are known (their choice goes into the record)."""
+        return estimate
+
     @torch.no_grad()
     def perturb(self, seed: int, scale: float, direction: int = 0) -> None:
         """θ ← θ + scale·Z(seed) in place: one pass along the algorithm's direction (dense z here)."""
