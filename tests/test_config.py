@@ -83,3 +83,18 @@ def test_every_algorithm_declares_its_forwards_per_step():
     for name, cls in ALGORITHMS.items():
         opt_trials = 2 if name == "zo-sgd-cons" else 0  # its two trial points after the probes
         assert cls.forwards_per_step == (len(cls.probes) + opt_trials if not cls.first_order else 1), name
+
+
+def test_hugging_face_key_names_point_at_zofts(tmp_path):
+    recipe = tmp_path / "r.yaml"
+    recipe.write_text("learning_rate: 1e-5\n")
+    with pytest.raises(ConfigError, match=r"unknown key 'learning_rate' \(did you mean 'lr'\?\)"):
+        resolve(recipe)
+    with pytest.raises(ConfigError, match=r"did you mean 'steps'"):
+        resolve(None, {"max_steps": 10})
+
+
+def test_the_embedded_alias_is_case_insensitive():
+    from zoft.models import resolve_model_path
+
+    assert resolve_model_path("SmolLM2-135M", convert=False) == "smollm2-135m"

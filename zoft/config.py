@@ -207,9 +207,17 @@ def check_value(key: str, value: Any, source: str) -> Any:
     if key in options:
         return _coerce(key, options[key][0].type | None, value, source)
     keys = known_keys()
-    close = difflib.get_close_matches(str(key), keys, n=1)
+    close = [_HF_NAMES[key]] if key in _HF_NAMES else difflib.get_close_matches(str(key), keys, n=1)
     hint = f" (did you mean '{close[0]}'?)" if close else ""
     raise ConfigError(f"{source}: unknown key '{key}'{hint}")
+
+
+#: what Hugging Face TrainingArguments (and MeZO's scripts) call zoft's keys
+_HF_NAMES = {"learning_rate": "lr", "zo_eps": "eps", "max_steps": "steps", "per_device_train_batch_size":
+             "batch_size", "num_train_epochs": "steps", "model_name": "model", "model_name_or_path": "model",
+             "task_name": "task", "output": "output_dir",
+             "save_steps": "save_every", "eval_steps": "eval_every", "logging_steps": "log_every",
+             "save_total_limit": "keep_last"}
 
 
 def check_keys(mapping: dict[str, Any], source: str) -> dict[str, Any]:

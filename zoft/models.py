@@ -91,6 +91,8 @@ def resolve_model_path(model: str | None, convert: bool = True, weights: bool = 
     `weights=False` a local dir needs only its config.json (memory estimates build the model on the meta device).
     """
     model = model or DEFAULT_MODEL
+    if model.lower() in EMBEDDED_MODELS and not Path(model).expanduser().exists():
+        model = model.lower()  # the alias in any case (SmolLM2-135M), never a hub round trip for it
     if model in EMBEDDED_MODELS:
         if not convert:
             if not (_embedded_target(model) / "config.json").is_file():
