@@ -6,7 +6,7 @@ it in place). This prints, measured in one run on the same batch:
     forward      one loss evaluation (batch of SST-2 examples × 2 candidates)
     pass         one perturbation pass of the algorithm (`opt.perturb`): MeZO-style methods regenerate z for all
                  134.5 M parameters and add it in place; TeZO draws r numbers per matrix and adds a rank-r product
-    step         the algorithm's step (2 forwards + 3 passes; HiZOO/HiZOO-L: 3 forwards + 3 passes)
+    step         the algorithm's step (its forwards and passes: MeZO 2 + 3, HiZOO 3 + 3, ZO-SGD-Cons 5 + 5)
     ratio        step / (forwards per step × forward): 1.0 would be the physical floor
     peak         peak resident memory of the process while stepping (VmHWM after resetting it; tracemalloc
                  cannot see tensors); `extra` is that peak minus the resident memory after loading the model and
@@ -139,6 +139,7 @@ def main() -> None:
                                             args.repeats)
     peak = peak_memory()
     k = opt.forwards_per_step
+    passes = opt.engine.passes / max(opt.t, 1)  # the step's passes, as the engine counted them
     tokens = int(batch[0].attention_mask.sum())
     result = {"model": "SmolLM2-135M", "algo": args.algo, "dtype": args.dtype, "noise": args.noise,
               "exact_bf16": args.exact_bf16, "batch_examples": args.batch_size,
@@ -152,7 +153,7 @@ def main() -> None:
     print(f"  forward      {t_forward:.3f} s")
     print(f"  pass         {t_pass:.3f} s   (one perturbation of {sum(p.numel() for p in opt.engine.params):,} "
           "params, in place)")
-    print(f"  step         {t_step:.3f} s   ({k} forwards + 3 passes)")
+    print(f"  step         {t_step:.3f} s   ({k} forwards + {passes:.0f} passes)")
     print(f"  ratio        {result['ratio_step_over_forwards']:.2f}× {k} forwards")
     print(f"  peak RSS     {peak / 2**30:.2f} GiB, {(peak - base_rss) / 2**20:.0f} MiB over inference "
           f"(optimizer state {opt.state_bytes() / 2**20:.1f} MiB)")
