@@ -139,7 +139,9 @@ def main() -> None:
                                             args.repeats)
     peak = peak_memory()
     k = opt.forwards_per_step
-    passes = opt.engine.passes / max(opt.t, 1)  # the step's passes, as the engine counted them
+    before = opt.engine.passes
+    opt.step(lambda: classification_loss(model, batch))
+    passes = opt.engine.passes - before  # one step's passes, as the engine counts them
     tokens = int(batch[0].attention_mask.sum())
     result = {"model": "SmolLM2-135M", "algo": args.algo, "dtype": args.dtype, "noise": args.noise,
               "exact_bf16": args.exact_bf16, "batch_examples": args.batch_size,
