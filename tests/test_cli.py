@@ -259,3 +259,17 @@ def test_estimate_memory_takes_the_algorithms_options(tiny_model_dirs):
     assert small["components"]["optimizer state"] < large["components"]["optimizer state"]
     bad = runner.invoke(app, ["estimate-memory", path, "--algo", "zo-sgd-sign", "--sign-mode", "both"])
     assert bad.exit_code == 2 and "--sign-mode both: choose scalar or elementwise" in bad.output
+
+
+def test_the_summary_title_names_an_adapter_mode(monkeypatch):
+    from rich.console import Console
+
+    import zoft.cli
+
+    summary = {"zero_shot": {}, "metric": "accuracy", "config": {"algo": "mezo", "task": "sst2", "mode": "lora"},
+               "output_dir": "runs/x", "elapsed_s": 3.0, "best_step": 4, "best_dev_accuracy": 0.7,
+               "eval": {"eval_accuracy": 0.6}}
+    console = Console(record=True, width=200)
+    monkeypatch.setattr(zoft.cli, "out", console)
+    zoft.cli._print_summary(summary)
+    assert "zoft mezo (lora) on sst2" in console.export_text()

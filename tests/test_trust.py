@@ -377,3 +377,8 @@ def test_a_null_field_of_a_builtin_task_is_refused_naming_the_record(tmp_path):
     (tmp_path / "val.jsonl").write_text(json.dumps(records[0]) + "\n")
     with pytest.raises(TaskDataError, match="train record 21: rte record has a null 'premise'"):
         load_splits(get_task("rte"), tmp_path, num_train=20, num_dev=1, num_eval=1)
+
+
+def test_eval_names_its_positional_argument(tmp_path):
+    result = runner.invoke(app, ["eval", str(tmp_path / "no-such-run")])
+    assert result.exit_code == 2 and result.output.startswith("error: MODEL ") and "--model" not in result.output

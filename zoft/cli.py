@@ -204,7 +204,9 @@ def _run_training(cfg, as_json: bool) -> None:
 
 def _print_summary(summary: dict[str, Any]) -> None:
     zs, metric = summary["zero_shot"], summary["metric"]
-    table = Table(title=f"zoft {summary['config']['algo']} on {summary['config']['task']}  "
+    mode = summary["config"].get("mode", "full")
+    table = Table(title=f"zoft {summary['config']['algo']}{'' if mode == 'full' else f' ({mode})'} on "
+                        f"{summary['config']['task']}  "
                         f"({summary['output_dir']}, {summary['elapsed_s']:.0f} s)")
     table.add_column("weights")
     table.add_column(f"dev {metric}", justify="right")

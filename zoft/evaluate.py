@@ -85,6 +85,11 @@ def run_eval(req: EvalRequest) -> dict[str, Any]:
     from zoft.scoring import encode_examples, evaluate, fit_length, pad_id
     from zoft.tasks import load_splits
 
+    # a path (not a hub id "org/name"): starts like one, or has more than one separator
+    local = req.model.startswith((".", "/", "~")) or req.model.rstrip("/").count("/") > 1
+    if local and not Path(req.model).expanduser().exists():  # the positional argument, not a --model flag
+        raise ConfigError(f"MODEL {req.model}: no such directory; pass a run dir, a checkpoint or model dir, or "
+                          "a hub id like facebook/opt-1.3b")
     weights, run_dir, saved = _locate(req.model)
     if Path(weights, STATE_FILE).is_file():  # a zoft checkpoint: its bytes must be the ones it was saved with
         try:
