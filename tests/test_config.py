@@ -1,6 +1,7 @@
 """Config resolution: defaults < recipe < flags, type checks naming the key, derived values."""
 
 import pytest
+import torch
 
 from zoft.config import ConfigError, finalize, load_recipe, resolve, to_yaml
 
@@ -80,9 +81,12 @@ def test_non_finite_numbers_are_refused_from_recipes_and_flags(tmp_path):
 def test_every_algorithm_declares_its_forwards_per_step():
     from zoft.algos import ALGORITHMS
 
+    w = torch.nn.Parameter(torch.zeros(4, 3))
     for name, cls in ALGORITHMS.items():
-        opt_trials = 2 if name == "zo-sgd-cons" else 0  # its two trial points after the probes
-        assert cls.forwards_per_step == (len(cls.probes) + opt_trials if not cls.first_order else 1), name
+        opt = cls([w])
+        trials = 2 if name == "zo-sgd-cons" else 0  # its two trial points after the probes
+        assert opt.forwards_per_step == (len(opt.probe_moves()) + trials if not cls.first_order else 1), name
+        assert cls.forwards_per_step == opt.forwards_per_step, name  # the class default is an instance's
 
 
 def test_hugging_face_key_names_point_at_zofts(tmp_path):

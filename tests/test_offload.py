@@ -23,7 +23,8 @@ runner = CliRunner()
 OFFLOADABLE = [name for name, cls in ALGORITHMS.items() if cls.offloadable]
 OPTIONS = {"hizoo": {"hessian_smooth": 0.01}, "hizoo-l": {"hessian_smooth": 0.01}, "tezo": {"rank": 4},
            "tezo-m": {"rank": 4}, "tezo-adam": {"rank": 4}, "lozo": {"lozo_interval": 2},
-           "lozo-m": {"lozo_interval": 2}, "subzero": {"subzero_rank": 2, "subzero_interval": 2}}
+           "lozo-m": {"lozo_interval": 2}, "subzero": {"subzero_rank": 2, "subzero_interval": 2},
+           "fzoo": {"fzoo_probes": 3}}
 
 
 def _pair(kind, dtype=torch.float32, algo="mezo"):

@@ -16,7 +16,7 @@ runner = CliRunner()
 OPTIONS = {"hizoo": ("--hessian-smooth", "0.01"), "hizoo-l": ("--hessian-smooth", "0.01"),
            "tezo-adam": ("--rank", "4"), "tezo": ("--rank", "4"), "tezo-m": ("--rank", "4"),
            "lozo": ("--lozo-interval", "2"), "lozo-m": ("--lozo-interval", "2"),
-           "subzero": ("--subzero-rank", "2", "--subzero-interval", "2")}
+           "subzero": ("--subzero-rank", "2", "--subzero-interval", "2"), "fzoo": ("--fzoo-probes", "3")}
 REPLAYABLE = [name for name, cls in ALGORITHMS.items() if cls.replayable]
 
 

@@ -87,7 +87,7 @@ def _weights(path):
 RESUME_OPTIONS = {"hizoo": ("--hessian-smooth", "0.01"), "hizoo-l": ("--hessian-smooth", "0.01"),
                   "tezo": ("--rank", "4"), "tezo-m": ("--rank", "4"), "tezo-adam": ("--rank", "4"),
                   "lozo": ("--lozo-interval", "2"), "lozo-m": ("--lozo-interval", "2"),
-                  "subzero": ("--subzero-rank", "2", "--subzero-interval", "2")}
+                  "subzero": ("--subzero-rank", "2", "--subzero-interval", "2"), "fzoo": ("--fzoo-probes", "3")}
 
 
 @pytest.mark.parametrize("algo", list(ALGORITHMS))

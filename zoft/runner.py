@@ -164,7 +164,7 @@ class OffloadedRunner(StepRunner):
         moves = opt.probe_moves()
         losses = offloader.probe(closure, seed, moves)
         opt.forwards += len(moves)
-        opt.engine.passes += sum(1 for forward in moves if forward) + 1  # the probes' passes and the deferred P3
+        opt.engine.passes += sum(len(forward) for forward in moves) + 1  # the probes' moves and the deferred P3
         undo = restore_moves(moves)
 
         def restore() -> None:  # a skipped step's restore, at the next visit too

@@ -11,6 +11,7 @@ import difflib
 from zoft.algos.base import Estimate, ZOOptimizer, decays, trainable_parameters
 from zoft.algos.cons import ZOSGDCons
 from zoft.algos.first_order import FirstOrderAdam
+from zoft.algos.fzoo import FZOO
 from zoft.algos.hizoo import HiZOO, HiZOOL
 from zoft.algos.lozo import LOZO, LOZOM
 from zoft.algos.mezo import MeZO, ZOAdam, ZOSGDMomentum
@@ -36,6 +37,7 @@ ALGORITHMS: dict[str, type[ZOOptimizer]] = {
     "lozo": LOZO,
     "lozo-m": LOZOM,
     "subzero": SubZero,
+    "fzoo": FZOO,
     "fo-adam": FirstOrderAdam,  # the first-order reference (backprop), for memory and accuracy comparisons
 }
 
