@@ -58,3 +58,12 @@ def test_restore_is_exact_equal_losses_take_no_step_and_it_descends():
         opt.step(q.closure)
     assert q.f() - f_star < 1e-2 * f0
     assert opt.state_bytes() == 0 and opt.forwards == 9 * 300
+
+
+def test_perturb_works_on_leaf_parameters_outside_no_grad():
+    q = Quadratic()
+    before = q.theta()
+    opt = FZOO(q.params)
+    opt.perturb(step_seed(0, 0), 1e-3)  # a direct call (benchmarks do this), with autograd on
+    opt.perturb(step_seed(0, 0), -1e-3)
+    assert (q.theta() - before).abs().max() <= 1e-12

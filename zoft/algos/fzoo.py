@@ -18,6 +18,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
+import torch
+
 from zoft.algos.base import Estimate, ZOOptimizer
 from zoft.algos.options import Option
 
@@ -46,11 +48,13 @@ class FZOO(ZOOptimizer):
         moves = [[(0, eps)]] + [[(j - 1, -eps), (j, eps)] for j in range(1, self.n)]
         return moves + [[(self.n - 1, -eps)]]
 
+    @torch.no_grad()
     def perturb_tensor(self, index: int, seed: int, scale: float, direction: int = 0) -> None:
         """θ_i ← θ_i + scale·u_j,i with u_j = sign(z_j) (Rademacher)."""
         z = self.engine.noise(index, seed, probe=direction)
         self.ops.add_(self.tensors[index], z.sign_(), scale)
 
+    @torch.no_grad()
     def perturb(self, seed: int, scale: float, direction: int = 0) -> None:
         self.engine.count_pass()
         for i in range(len(self.tensors)):
