@@ -28,12 +28,11 @@ from __future__ import annotations
 import torch
 
 from zoft.algos.base import ZOOptimizer, state_dtype
+from zoft.algos.lowrank import CHUNK_ELEMENTS, add_product
 from zoft.algos.mezo import MOMENTUM
 from zoft.algos.options import Option
 from zoft.perturb import MIXED_CHUNK, mix, step_seed, tag_id, tensor_seed
 
-#: fp32 numbers per row block when the m×n product must exist (bf16/fp16 weights): 16 MiB
-CHUNK_ELEMENTS = 1 << 22
 OPTIONS = (
     Option("lozo_rank", int, 2, "Rank r of each matrix's perturbation U_t·Vᵀ (capped at min(m, n); the paper uses "
            "1-2 for OPT, 4 for RoBERTa).", low=1),
@@ -93,20 +92,7 @@ class LOZO(ZOOptimizer):
 
     def add_product(self, index: int, left: torch.Tensor, right: torch.Tensor, beta: float = 1.0) -> None:
         """W ← β·W + left·rightᵀ in place (left m×r, right n×r), with no m×n temporary for fp32 weights."""
-        p = self.tensors[index]
-        if p.dtype == left.dtype:
-            p.addmm_(left, right.t(), beta=beta)
-            return
-        m, n = p.shape
-        rows = max(1, CHUNK_ELEMENTS // n)
-        buf = self.engine.work("block", min(rows, m) * n, p.device, left.dtype)
-        rt = right.t()
-        for a in range(0, m, rows):
-            lb = left[a:a + rows]
-            block = torch.mm(lb, rt, out=buf[:lb.shape[0] * n].view(lb.shape[0], n))
-            target = p[a:a + rows]
-            self.ops.scale_(target, beta)
-            self.ops.add_(target, block)
+        add_product(self, index, left, right, beta)
 
     def lowrank(self, index: int, seed: int, t: int, direction: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
         """(L, R) with Z_t = L·Rᵀ for matrix `index` at step `t`: (U_t, V of t's period)."""

@@ -44,13 +44,12 @@ from collections.abc import Sequence
 import torch
 
 from zoft.algos.base import ZOOptimizer, state_dtype
+from zoft.algos.lowrank import CHUNK_ELEMENTS, add_product
 from zoft.algos.mezo import ADAM_OPTIONS, MOMENTUM, adam_dense_update, dense_adam_state
 from zoft.algos.options import Option
 from zoft.errors import ConfigError
 from zoft.perturb import MIXED_CHUNK, mix, tag_id, tensor_seed
 
-#: fp32 numbers per row block when an m×n product must exist (bf16 weights, TeZO-Adam's M̂/V̂): 16 MiB
-CHUNK_ELEMENTS = 1 << 22
 OPTIONS = (
     Option("rank", int, 32, "Rank r of each matrix's perturbation (capped at min(m, n)).", low=1),
     Option("rank_mode", str, "fixed", "fixed (--rank for every matrix) or spectrum (per matrix: singular values "
@@ -207,24 +206,12 @@ class TeZO(ZOOptimizer):
         `factors`: (U, V) when the caller already holds them (so regenerated factors are drawn once per pass)."""
         p = self.tensors[index]
         u, v = factors or self.factors(index)
-        m, n = p.shape
-        if p.dtype == u.dtype:
-            # scale the smaller factor: the only temporary is min(m, n)×r
-            if m <= n:
-                p.addmm_(u * coef, v.t(), beta=beta)
-            else:
-                p.addmm_(u, (v * coef).t(), beta=beta)
-            return
-        # bf16/fp16 weights: build the fp32 product in row blocks (≤ CHUNK_ELEMENTS) and add it, rounding once
-        vc = (v * coef).t()
-        rows = max(1, CHUNK_ELEMENTS // n)
-        buf = self.engine.work("block", min(rows, m) * n, p.device, u.dtype)
-        for a in range(0, m, rows):
-            ub = u[a:a + rows]
-            block = torch.mm(ub, vc, out=buf[:ub.shape[0] * n].view(ub.shape[0], n))
-            target = p[a:a + rows]
-            self.ops.scale_(target, beta)
-            self.ops.add_(target, block)
+        # fp32: scale the smaller factor, so the only temporary is min(m, n)×r; half precision: the row blocks
+        # read V scaled
+        if p.dtype == u.dtype and p.shape[0] <= p.shape[1]:
+            add_product(self, index, u * coef, v, beta)
+        else:
+            add_product(self, index, u, v * coef, beta)
 
     @torch.no_grad()
     def perturb_tensor(self, index: int, seed: int, scale: float, direction: int = 0) -> None:
