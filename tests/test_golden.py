@@ -61,6 +61,8 @@ RUNS: dict[str, tuple[str, tuple[str, ...], str]] = {
                         "0.1"), "cli"),
     "zo-sgd-cons": ("llama", ("--algo", "zo-sgd-cons", "--lr", "1e-2", "--weight-decay", "0.1"), "cli"),
     "fzoo": ("llama", ("--algo", "fzoo", "--fzoo-probes", "3", "--lr", "1e-3", "--weight-decay", "0.1"), "cli"),
+    "sparse-mezo": ("opt", ("--algo", "sparse-mezo", "--sparsity", "0.5", "--lr", "1e-3", "--weight-decay", "0.1"),
+                    "cli"),
     "fo-adam": ("llama", ("--algo", "fo-adam", "--lr", "1e-4"), "cli"),
     "mezo-lora": ("opt", ("--algo", "mezo", "--mode", "lora", "--lora-r", "4"), "cli"),
     "zo-adam-lora": ("llama", ("--algo", "zo-adam", "--mode", "lora"), "cli"),

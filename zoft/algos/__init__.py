@@ -17,6 +17,7 @@ from zoft.algos.lozo import LOZO, LOZOM
 from zoft.algos.mezo import MeZO, ZOAdam, ZOSGDMomentum
 from zoft.algos.options import Option
 from zoft.algos.sign import ZOSGDSign
+from zoft.algos.sparse import SparseMeZO
 from zoft.algos.subzero import SubZero
 from zoft.algos.tezo import TeZO, TeZOAdam, TeZOM
 from zoft.errors import ConfigError
@@ -38,6 +39,7 @@ ALGORITHMS: dict[str, type[ZOOptimizer]] = {
     "lozo-m": LOZOM,
     "subzero": SubZero,
     "fzoo": FZOO,
+    "sparse-mezo": SparseMeZO,
     "fo-adam": FirstOrderAdam,  # the first-order reference (backprop), for memory and accuracy comparisons
 }
 
