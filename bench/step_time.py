@@ -118,7 +118,13 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
-    model, tok, _ = load_model("smollm2-135m", args.dtype, "cpu")
+    if "scales" in ALGORITHMS[args.algo].modes:  # QZO: an NF4 base whose fp32 block scales are trained
+        from zoft.modes import attach
+
+        model, tok, _ = load_model("smollm2-135m", args.dtype, "cpu", quantize="4bit-scales")
+        model = attach(model, "scales")
+    else:
+        model, tok, _ = load_model("smollm2-135m", args.dtype, "cpu")
     splits = load_splits(get_task("sst2"), "builtin", num_train=args.batch_size, num_dev=0, num_eval=1)
     enc = encode_examples(tok, splits.train)
     batch = [collate(enc, tok.pad_token_id)]

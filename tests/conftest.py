@@ -83,6 +83,48 @@ def tiny_model_dirs(tmp_path_factory, tokenizer) -> dict[str, Path]:
     return dirs
 
 
+@pytest.fixture(scope="session")
+def tiny_llama_64(tmp_path_factory, tokenizer) -> Path:
+    """Hidden 64: bitsandbytes' CPU 4-bit kernels need rows of at least one 64-element block."""
+    from transformers import LlamaConfig, LlamaForCausalLM
+
+    torch.manual_seed(0)
+    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
+                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
+                                         max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
+                                         eos_token_id=2))
+    path = tmp_path_factory.mktemp("tiny-llama-64")
+    model.save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+#: what a run of an algorithm restricted to some tuning modes (its `modes`) adds to its flags, and the tiny model it
+#: needs: registry-driven tests run every algorithm through this
+MODE_RUNS = {"scales": (("--mode", "scales", "--load-in-4bit"), "tiny_llama_64")}
+
+
+def mode_run(algo: str, request) -> tuple[tuple[str, ...], Path | None]:
+    """(extra flags, model dir or None for the test's own) of `algo`'s first mode, if it is restricted to some."""
+    from zoft.algos import ALGORITHMS
+
+    modes = ALGORITHMS[algo].modes
+    if not modes:
+        return (), None
+    flags, fixture = MODE_RUNS[modes[0]]
+    return flags, request.getfixturevalue(fixture)
+
+
+def trained_tensors(directory: Path) -> dict[str, torch.Tensor]:
+    """The tensors a checkpoint dir holds: the model's, or the adapter's when the run trained one."""
+    from safetensors.torch import load_file
+
+    for name in ("model.safetensors", "zoft_adapter.safetensors", "adapter_model.safetensors"):
+        if (directory / name).is_file():
+            return load_file(directory / name)
+    raise FileNotFoundError(f"no weights in {directory}")
+
+
 @pytest.fixture(params=["opt", "llama"])
 def tiny_model_dir(request, tiny_model_dirs) -> Path:
     return tiny_model_dirs[request.param]

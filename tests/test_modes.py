@@ -8,7 +8,7 @@ import torch
 from typer.testing import CliRunner
 
 from conftest import build_model
-from zoft.algos import MeZO, trainable_parameters
+from zoft.algos import QZO, MeZO, trainable_parameters
 from zoft.cli import app
 from zoft.modes import PrefixModel, attach
 from zoft.scoring import classification_loss, collate, encode_examples
@@ -149,22 +149,6 @@ def test_lora_adapter_reloads_with_peft_and_merge_writes_a_plain_model(tiny_mode
     assert torch.allclose(a, b, atol=1e-5) and not torch.allclose(a, c)
 
 
-@pytest.fixture(scope="module")
-def tiny_llama_64(tmp_path_factory, tokenizer):
-    """Hidden 64: bitsandbytes' CPU 4-bit kernels need rows of at least one 64-element block."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
-                                         eos_token_id=2))
-    path = tmp_path_factory.mktemp("tiny-llama-64")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
-
-
 @pytest.mark.parametrize("flag,mode", [("--load-in-8bit", "lora"), ("--load-in-4bit", "lora"),
                                        ("--load-in-8bit", "prefix")])
 def test_quantized_base_trains_an_adapter_saves_reloads_and_refuses_full(flag, mode, tiny_llama_64, tmp_path):
@@ -182,8 +166,71 @@ def test_quantized_base_trains_an_adapter_saves_reloads_and_refuses_full(flag, m
     assert json.loads(result.output)["eval_accuracy"] == json.loads((run / "eval.json").read_text())["eval_accuracy"]
 
 
+def _state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)}
+
+
+def test_scales_mode_trains_only_the_nf4_scales_and_the_loss_falls(tiny_llama_64, tokenizer, batch):
+    from zoft.models import load_model
+
+    base, _, _ = load_model(str(tiny_llama_64), "float32", "cpu", quantize="4bit-scales")
+    before = _state(base)
+    model = attach(base, "scales")
+    named = trainable_parameters(model)
+    layers = [n for n, m in base.named_modules() if type(m).__name__ == "Linear4bit"]
+    assert len(named) == len(layers) == 14 and all(p.dtype == torch.float32 for _, p in named)
+    assert sum(p.numel() for _, p in named) * 64 == sum(base.get_submodule(n).weight.quant_state.shape.numel()
+                                                         for n in layers)  # one scale per block of 64 weights
+    start = _loss(model, batch)
+    opt = QZO(named, lr=2e-3, eps=1e-3, seed=0)
+    for _ in range(30):
+        opt.step(lambda: classification_loss(model, batch))
+    assert _loss(model, batch) < start
+    after = _state(base)
+    changed = sorted(k for k in before if not torch.equal(before[k], after[k]))
+    # the 4-bit codes, embeddings, norms and head are bitwise as loaded: only the block scales moved
+    assert changed and all(k.endswith(".absmax") for k in changed), changed
+    assert len(changed) == len(layers)
+
+
+def test_scales_mode_restores_exactly_when_the_step_is_zero(tiny_llama_64, batch):
+    from zoft.models import load_model
+
+    base, _, _ = load_model(str(tiny_llama_64), "float32", "cpu", quantize="4bit-scales")
+    model = attach(base, "scales")
+    named = trainable_parameters(model)
+    before = [p.detach().clone() for _, p in named]
+    opt = QZO(named, lr=1e-3, eps=1e-3)
+    def logits():
+        with torch.inference_mode():
+            return model(input_ids=batch[0].input_ids, attention_mask=batch[0].attention_mask).logits
+
+    before_logits = logits()
+    opt.perturb(0, 1e-2)  # the scales are what the forwards see
+    moved = logits()
+    assert not torch.allclose(before_logits, moved)
+    opt.perturb(0, -1e-2)
+    opt.step(lambda: 1.0)  # equal probe losses: g = 0, the step only restores
+    assert max(float((p.detach() - b).abs().max()) for (_, p), b in zip(named, before)) <= 1e-6
+
+
+def test_cli_scales_run_evaluates_its_checkpoint(tiny_llama_64, tmp_path):
+    run = _train([*_common(tiny_llama_64), "--algo", "qzo", "--mode", "scales", "--load-in-4bit", "--lr", "1e-3",
+                  "--steps", "3"], tmp_path, "s")
+    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    # 2 layers × (q, o 64×64; k, v 32×64; gate, up, down 128×64) = 73,728 weights: 1,152 blocks of 64
+    assert next(r for r in metrics if r["event"] == "start")["trainable_params"] == 1152
+    assert json.loads((run / "final" / "zoft_adapter.json").read_text())["mode"] == "scales"
+    result = runner.invoke(app, ["eval", str(run), "--json"])
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.output)["eval_accuracy"] == json.loads((run / "eval.json").read_text())["eval_accuracy"]
+
+
 @pytest.mark.parametrize("args,needle", [
     (["--mode", "adapters"], "--mode adapters"),
+    (["--mode", "scales"], "--mode scales trains the per-block scales of an NF4 base: add --load-in-4bit"),
+    (["--algo", "qzo"], "--algo qzo runs in --mode scales only, not full: add --mode scales --load-in-4bit"),
+    (["--algo", "qzo", "--mode", "lora"], "--algo qzo runs in --mode scales only, not lora"),
     (["--lora-r", "4"], "--lora-r applies to --mode lora"),
     (["--mode", "lora", "--virtual-tokens", "4"], "--virtual-tokens applies to --mode prefix or prompt"),
     (["--mode", "prefix", "--prefix-init", "zeros"], "activations or random"),

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
-from safetensors.torch import load_file
 from typer.testing import CliRunner
 
+from tests.conftest import mode_run, trained_tensors
 from zoft.algos import ALGORITHMS
 from zoft.cli import app
 
@@ -30,15 +30,16 @@ def _train(model_dir, out, algo, *extra):
 
 
 def _equal(a_dir, b_dir):
-    a, b = load_file(a_dir / "model.safetensors"), load_file(b_dir / "model.safetensors")
+    a, b = trained_tensors(a_dir), trained_tensors(b_dir)
     return a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
 
 
 @pytest.mark.parametrize("algo", REPLAYABLE)
-def test_replay_equals_the_saved_checkpoints_bitwise(algo, tiny_model_dirs, tmp_path):
-    model_dir = tiny_model_dirs["llama"]
+def test_replay_equals_the_saved_checkpoints_bitwise(algo, tiny_model_dirs, tmp_path, request):
+    mode_flags, mode_model = mode_run(algo, request)
+    model_dir = mode_model or tiny_model_dirs["llama"]
     run = tmp_path / "run"
-    _train(model_dir, run, algo)
+    _train(model_dir, run, algo, *mode_flags)
     lines = (run / "trajectory.jsonl").read_text().splitlines()
     assert [json.loads(x)["t"] for x in lines] == [1, 2, 3, 4, 5, 6]
     for step, saved in ((4, run / "checkpoint-4"), (6, run / "final")):

@@ -9,6 +9,7 @@ import torch
 from typer.testing import CliRunner
 
 import zoft.train
+from tests.conftest import mode_run, trained_tensors
 from zoft.algos import ALGORITHMS
 from zoft.cli import app
 from zoft.scoring import classification_loss, collate, encode_examples
@@ -91,9 +92,10 @@ RESUME_OPTIONS = {"hizoo": ("--hessian-smooth", "0.01"), "hizoo-l": ("--hessian-
 
 
 @pytest.mark.parametrize("algo", list(ALGORITHMS))
-def test_resume_after_ctrl_c_reproduces_uninterrupted_run(algo, tiny_model_dirs, tmp_path, monkeypatch):
-    model_dir = tiny_model_dirs["llama"]
-    extra = RESUME_OPTIONS.get(algo, ())
+def test_resume_after_ctrl_c_reproduces_uninterrupted_run(algo, tiny_model_dirs, tmp_path, monkeypatch, request):
+    mode_flags, mode_model = mode_run(algo, request)
+    model_dir = mode_model or tiny_model_dirs["llama"]
+    extra = (*RESUME_OPTIONS.get(algo, ()), *mode_flags)
     common = ("--steps", "6", "--eval-every", "0", "--save-every", "2", "--algo", algo, *extra)
     assert invoke(train_args(model_dir, tmp_path / "a", *common)).exit_code == 0
 
@@ -112,7 +114,7 @@ def test_resume_after_ctrl_c_reproduces_uninterrupted_run(algo, tiny_model_dirs,
 
     result = invoke(train_args(model_dir, tmp_path / "b", *common, "--resume"))
     assert result.exit_code == 0, result.output
-    a, b = _weights(tmp_path / "a" / "final"), _weights(tmp_path / "b" / "final")
+    a, b = trained_tensors(tmp_path / "a" / "final"), trained_tensors(tmp_path / "b" / "final")
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
     steps = [json.loads(x)["step"] for x in (tmp_path / "b" / "metrics.jsonl").read_text().splitlines()
              if '"train"' in x]

@@ -71,8 +71,11 @@ def build_task(cfg: TrainConfig):
 
 
 def quantization(cfg: TrainConfig) -> str | None:
-    """"8bit", "4bit" or None: how the frozen base is loaded."""
-    return "8bit" if cfg.load_in_8bit else "4bit" if cfg.load_in_4bit else None
+    """"8bit", "4bit", "4bit-scales" (NF4 with the fp32 scales `--mode scales` trains) or None: how the base is
+    loaded."""
+    if cfg.load_in_4bit:
+        return "4bit-scales" if cfg.mode == "scales" else "4bit"
+    return "8bit" if cfg.load_in_8bit else None
 
 
 def build_model(cfg: TrainConfig, model_path: str, placement: Placement):

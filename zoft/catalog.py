@@ -40,7 +40,7 @@ def catalog(recipes_dir: Path, model: str | None = None) -> dict[str, list[dict[
     algorithms = [{"name": name, "forwards_per_step": cls.forwards_per_step, "summary": cls.summary,
                    "paper": cls.paper, "state": cls.state_desc, "default_lr": cls.default_lr,
                    "default_eps": cls.default_eps, "options": {o.name: o.default for o in cls.options},
-                   "replayable": cls.replayable, "offloadable": cls.offloadable,
+                   "replayable": cls.replayable, "offloadable": cls.offloadable, "modes": list(cls.modes),
                    "data_parallel": cls.data_parallel} for name, cls in ALGORITHMS.items()]
     if model is not None:
         sizes = state_on_model(model)

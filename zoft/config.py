@@ -81,9 +81,10 @@ class TrainConfig:
     max_length: int = knob(2048, "Max tokens per sequence (left-truncated, keeping BOS).", DATA, trajectory=True)
     # Tuning mode
     mode: str = knob("full", "full (every weight), lora (peft LoRA adapters), prefix (MeZO prefix tuning: 5 "
-                     "key/value vectors per layer from real-token activations) or prompt (10 soft input "
-                     "embeddings). Other modes freeze the base; their default lr/eps follow MeZO's grids (LoRA "
-                     "1e-4/1e-2, prefix 1e-2/1e-1, prompt 1e-3/1e-1).", MODE, trajectory=True)
+                     "key/value vectors per layer from real-token activations), prompt (10 soft input "
+                     "embeddings) or scales (the fp32 block scales of an NF4 base, with --load-in-4bit: QZO). Other "
+                     "modes freeze the base; their default lr/eps follow MeZO's grids (LoRA 1e-4/1e-2, prefix "
+                     "1e-2/1e-1, prompt 1e-3/1e-1; scales 1e-5/1e-3).", MODE, trajectory=True)
     lora_r: int = knob(8, "LoRA rank r.", MODE, trajectory=True)
     lora_alpha: float = knob(16.0, "LoRA α (scale α/r).", MODE, "16", trajectory=True)
     lora_targets: str = knob("q_proj,v_proj", "Comma-separated module names that get LoRA.", MODE, trajectory=True)
@@ -92,7 +93,7 @@ class TrainConfig:
                             "real tokens, MeZO) or random.", MODE, trajectory=True)
     load_in_8bit: bool = knob(False, "Quantize the frozen base to int8 (bitsandbytes); adapter modes only.", MODE,
                               trajectory=True)
-    load_in_4bit: bool = knob(False, "Quantize the frozen base to NF4 (bitsandbytes); adapter modes only.", MODE,
+    load_in_4bit: bool = knob(False, "Quantize the base to NF4 (bitsandbytes); adapter modes, or --mode scales.", MODE,
                               trajectory=True)
     merge: bool = knob(False, "LoRA: write final/ as a plain HF model with the adapter merged (the adapter stays in "
                        "final/adapter/).", MODE)
@@ -330,6 +331,12 @@ def _validate_algorithm(cfg: TrainConfig, strict: tuple[str, ...] = ()) -> None:
     own = {o.name for o in cls.options}
     cls.check_options(resolve_options(cls.__name__, cls.options,
                                       {k: v for k, v in cfg.algo_options.items() if k in own}))
+    if cls.modes and cfg.mode not in cls.modes:
+        raise ConfigError(f"--algo {cfg.algo} runs in --mode {' or '.join(cls.modes)} only, not {cfg.mode}: add "
+                          f"--mode {cls.modes[0]}" + (" --load-in-4bit" if cls.modes[0] == "scales" else ""))
+    if cls.first_order and cfg.mode == "scales":
+        raise ConfigError(f"--algo {cfg.algo} backpropagates, and NF4 scales get no gradient through bitsandbytes; "
+                          "use a ZO algorithm with --mode scales")
     if cls.first_order:
         if cfg.objective != "ce":
             raise ConfigError(f"--algo {cfg.algo} backpropagates, and --objective {cfg.objective} has no gradient; "
@@ -402,7 +409,11 @@ def _validate_mode(cfg: TrainConfig) -> None:
     quantized = "--load-in-8bit" if cfg.load_in_8bit else "--load-in-4bit" if cfg.load_in_4bit else None
     if quantized and cfg.mode == "full":
         raise ConfigError(f"--mode full with {quantized}: int8/NF4 weights cannot take in-place float "
-                          "perturbations (and re-quantising would erase them); use --mode lora, prefix or prompt")
+                          "perturbations (and re-quantising would erase them); use --mode scales (NF4: ZO on the "
+                          "quantization scales), lora, prefix or prompt")
+    if cfg.mode == "scales" and not cfg.load_in_4bit:
+        raise ConfigError("--mode scales trains the per-block scales of an NF4 base: add --load-in-4bit"
+                          + (" (not --load-in-8bit)" if cfg.load_in_8bit else ""))
     if quantized and cfg.merge:
         raise ConfigError(f"--merge with {quantized}: adapters cannot be merged into quantized weights; drop "
                           "--merge (final/ keeps the adapter)")

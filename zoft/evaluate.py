@@ -53,7 +53,7 @@ def _load(weights: str, cfg: TrainConfig, base: str | None):
     base = base or (cfg.model if cfg.mode == kind else None) or base_model_of(Path(weights))
     from zoft.builders import quantization
 
-    quantize = quantization(cfg)
+    quantize = "4bit-scales" if kind == "scales" else quantization(cfg)  # trained scales need an NF4 base
     model, _, _ = load_model(base, cfg.dtype, cfg.device, quantize=quantize, trust_remote_code=cfg.trust_remote_code)
     if kind == "lora":
         from peft import PeftModel

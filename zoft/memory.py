@@ -135,8 +135,11 @@ def first_order_bytes(params: int, shape: Shape, rows: int, seq_len: int, nbytes
 
 
 #: bytes per weight of a bitsandbytes-quantized linear layer: int8 plus an fp32 scale per row (≈ 1 B), NF4 plus
-#: a double-quantized absmax per 64-element block (0.5 + 0.127/8 B)
-QUANT_BYTES = {"8bit": 1.0, "4bit": 0.5 + 0.127 / 8}
+#: a double-quantized absmax per 64-element block (0.5 + 0.127/8 B); with `--mode scales` the fp32 absmax
+#: (4/64 B) is the trainable tensor and counted as such, beside the 4-bit codes
+QUANT_BYTES = {"8bit": 1.0, "4bit": 0.5 + 0.127 / 8, "4bit-scales": 0.5}
+#: weights per NF4 block, one absmax each
+NF4_BLOCK = 64
 
 
 def _adapter_shapes(model, mode: str, shape: Shape, lora_r: int, lora_targets: tuple[str, ...],
@@ -152,6 +155,11 @@ def _adapter_shapes(model, mode: str, shape: Shape, lora_r: int, lora_targets: t
         heads_kv, head_dim = shape.kv_dim // (shape.hidden // shape.heads), shape.hidden // shape.heads
         return [(f"{kind}.{i}", (heads_kv, virtual_tokens, head_dim)) for i in range(shape.layers)
                 for kind in ("keys", "values")]
+    if mode == "scales":  # one fp32 absmax per NF4 block of every quantized linear layer
+        import torch
+
+        return [(f"{n}.absmax", (m.weight.numel() // NF4_BLOCK,)) for n, m in model.named_modules()
+                if isinstance(m, torch.nn.Linear) and "lm_head" not in n]
     return [("prompt", (virtual_tokens, shape.hidden))]
 
 
@@ -249,7 +257,12 @@ def _check(req: MemoryRequest):
         raise ConfigError("--load-in-8bit and --load-in-4bit contradict each other; keep one")
     if req.quantize and req.mode == "full":
         raise ConfigError(f"--mode full with --load-in-{req.quantize}: quantized weights cannot be perturbed in "
-                          "place; use --mode lora, prefix or prompt")
+                          "place; use --mode scales (NF4), lora, prefix or prompt")
+    if req.mode == "scales" and req.quantize != "4bit":
+        raise ConfigError("--mode scales trains the per-block scales of an NF4 base: add --load-in-4bit")
+    if cls.modes and req.mode not in cls.modes:
+        raise ConfigError(f"--algo {req.algo} runs in --mode {' or '.join(cls.modes)} only: add --mode "
+                          f"{cls.modes[0]}")
     if req.dtype not in DTYPE_BYTES:
         raise ConfigError(f"--dtype {req.dtype}: choose from auto, {', '.join(DTYPE_BYTES)}")
     for flag, value in (("--batch-size", req.batch_size), ("--seq-len", req.seq_len),
@@ -297,7 +310,7 @@ def _trainable(req: MemoryRequest, model, shape: Shape, nbytes: int) -> tuple[li
     if req.quantize:  # the decoder layers' linear weights are quantized; embeddings, norms and lm_head are not
         linear = sum(mod.weight.numel() for n, mod in model.named_modules()
                      if isinstance(mod, torch.nn.Linear) and "lm_head" not in n)
-        weights -= int(linear * (nbytes - QUANT_BYTES[req.quantize]))
+        weights -= int(linear * (nbytes - QUANT_BYTES[req.quantize + ("-scales" if req.mode == "scales" else "")]))
     return named, weights
 
 

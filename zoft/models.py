@@ -176,13 +176,23 @@ def quiet_transformers() -> None:
 
 
 def quantization_config(kind: str, compute_dtype: torch.dtype):
-    """The one place a bitsandbytes config is built: "8bit" (LLM.int8) or "4bit" (NF4, double quantization)."""
+    """The one place a bitsandbytes config is built: "8bit" (LLM.int8), "4bit" (NF4, double quantization) or
+    "4bit-scales" (NF4 with fp32 scales, which `--mode scales` trains)."""
     from transformers import BitsAndBytesConfig
 
     if kind == "8bit":
         return BitsAndBytesConfig(load_in_8bit=True)
-    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True,
+    return BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=kind == "4bit",
                               bnb_4bit_compute_dtype=compute_dtype)
+
+
+def keep_fp32_scales(lm) -> None:
+    """Keep every NF4 layer on bitsandbytes' generic kernel. On CPUs with AVX512-BF16 its first forward otherwise
+    repacks the layer for a faster kernel and converts the block scales to bf16, transposed, in new tensors: the
+    scales `--mode scales` trains would be detached from the layer, and a ZO step of ~1e-6 vanishes in bf16."""
+    for module in lm.modules():
+        if hasattr(module, "support_avx512bf16_for_cpu"):
+            module.support_avx512bf16_for_cpu = False
 
 
 def load_model(model: str | None, dtype: str | torch.dtype = "auto", device: str | torch.device = "auto",
@@ -225,6 +235,8 @@ def load_model(model: str | None, dtype: str | torch.dtype = "auto", device: str
                               "for its config); zoft fine-tunes decoder-only LMs such as OPT or Llama") from None
         raise
     _check_weights(model, info)
+    if quantize == "4bit-scales":
+        keep_fp32_scales(lm)
     rows = lm.get_input_embeddings().num_embeddings
     if len(tokenizer) > rows:
         raise ConfigError(f"--model {model}: its tokenizer has {len(tokenizer):,} tokens but the embedding only "

@@ -11,6 +11,10 @@ requires_grad = True; everything else is frozen and never written.
     prompt   soft prompt tuning (ZO-Bench): 10 trainable input embeddings in front of every sequence, initialised
              from random vocabulary embeddings. zoft's module rather than peft's, because peft drops
              `position_ids`, which left-padded batches need
+    scales   the per-block scales of every NF4 layer of a 4-bit base (QZO, arXiv 2505.13430): W = absmax·code,
+             the 4-bit codes frozen and the fp32 absmax of each block of 64 weights trained in place, so the
+             whole model moves at 4.5 bits a weight; needs --load-in-4bit (loaded without double quantization,
+             which would store the scales themselves in 8 bits)
 
 Soft prompts and prefixes go *before* the padding of a left-padded row; position ids of the real tokens are
 shifted by the number of virtual tokens, so a prompt sees the same positions in every row.
@@ -25,18 +29,21 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
-MODES = ("full", "lora", "prefix", "prompt")
+MODES = ("full", "lora", "prefix", "prompt", "scales")
 ADAPTER_FILE = "zoft_adapter.safetensors"
 ADAPTER_CONFIG = "zoft_adapter.json"
 #: per-mode defaults of the algorithms whose steps scale with g (`lr_grid = "mode"`) when the user gives none
 #: (docs/algorithms.md, "Tuning modes"): MeZO's grids for LoRA (lr {1e-4, 5e-5}, ε 1e-2) and prefix (lr {1e-2, 1e-3},
-#: ε 1e-1); prompt tuning shares prefix's ε with a lower lr, zoft's choice (no published ZO grid was at hand)
-MODE_DEFAULTS = {"lora": (1e-4, 1e-2), "prefix": (1e-2, 1e-1), "prompt": (1e-3, 1e-1)}
+#: ε 1e-1); prompt tuning shares prefix's ε with a lower lr, zoft's choice (no published ZO grid was at hand); scales
+#: keep MeZO's ε (absmax is the largest |w| of its block, ≈ 0.05-0.1: ε·z moves it ~1-2 %) with 10x MeZO's lr
+#: (a scale's gradient sums its 64 weights'), zoft's choice: QZO's reference code was not available
+MODE_DEFAULTS = {"lora": (1e-4, 1e-2), "prefix": (1e-2, 1e-1), "prompt": (1e-3, 1e-1), "scales": (1e-5, 1e-3)}
 DEFAULT_VIRTUAL_TOKENS = {"prefix": 5, "prompt": 10}
 
 
 class _Virtual(nn.Module):
-    """Shared plumbing of the prefix and prompt wrappers: a frozen base plus n virtual positions in front."""
+    """Shared plumbing of zoft's own adapters: a frozen base plus trainable tensors saved beside it (prefix and
+    prompt: n virtual positions in front; scales: none)."""
 
     mode = ""
 
@@ -113,6 +120,42 @@ class PromptModel(_Virtual):
         return self._head(hidden, logits_to_keep)
 
 
+class ScalesModel(_Virtual):
+    """QZO's target: the fp32 per-block scales (absmax) of every bitsandbytes NF4 layer, trained in place: each is
+    registered as a parameter that shares the quantization state's storage, so a ZO pass over it changes what the
+    layer dequantizes, and nothing else (codes, embeddings, norms, head) is ever written."""
+
+    mode = "scales"
+
+    def __init__(self, base: nn.Module):
+        super().__init__(base, 0)
+        import bitsandbytes as bnb
+
+        names, scales = [], []
+        for name, module in base.named_modules():
+            if isinstance(module, bnb.nn.Linear4bit):
+                state = module.weight.quant_state
+                if getattr(state, "packing_format_for_cpu", False):
+                    raise ValueError("--mode scales: this 4-bit base was repacked for bitsandbytes' CPU kernel "
+                                     "(bf16 scales); load it with quantize='4bit-scales'")
+                if state.nested:
+                    raise ValueError("--mode scales needs the 4-bit base's scales in fp32; it was loaded with double "
+                                     "quantization (8-bit scales)")
+                # bitsandbytes quantizes under inference mode, whose tensors cannot become parameters, and may keep
+                # absmax in the compute dtype (bf16, where a ZO step of ~1e-6 vanishes): hand the state a normal
+                # fp32 copy, and make the parameter share that copy's storage (trained in place)
+                state.absmax = state.absmax.to(torch.float32, copy=True)
+                names.append(name)
+                scales.append(nn.Parameter(state.absmax, requires_grad=True))
+        if not scales:
+            raise ValueError("--mode scales: the model has no 4-bit layers; load it with --load-in-4bit")
+        self.layer_names = names
+        self.scales = nn.ParameterList(scales)
+
+    def forward(self, *args, **kwargs):
+        return self.base(*args, **kwargs)
+
+
 class PrefixModel(_Virtual):
     """MeZO prefix tuning: n key/value vectors per layer, fed as a cache in front of every sequence."""
 
@@ -160,6 +203,8 @@ def attach(model: nn.Module, mode: str, *, lora_r: int = 8, lora_alpha: float = 
     """The model to train in `mode` (the base itself for full); base weights are frozen in every other mode."""
     if mode == "full":
         return model
+    if mode == "scales":
+        return ScalesModel(model).eval()
     if mode == "lora":
         from peft import LoraConfig, get_peft_model
 

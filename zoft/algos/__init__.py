@@ -16,6 +16,7 @@ from zoft.algos.hizoo import HiZOO, HiZOOL
 from zoft.algos.lozo import LOZO, LOZOM
 from zoft.algos.mezo import MeZO, ZOAdam, ZOSGDMomentum
 from zoft.algos.options import Option
+from zoft.algos.qzo import QZO
 from zoft.algos.sign import ZOSGDSign
 from zoft.algos.sparse import SparseMeZO
 from zoft.algos.subzero import SubZero
@@ -40,6 +41,7 @@ ALGORITHMS: dict[str, type[ZOOptimizer]] = {
     "subzero": SubZero,
     "fzoo": FZOO,
     "sparse-mezo": SparseMeZO,
+    "qzo": QZO,
     "fo-adam": FirstOrderAdam,  # the first-order reference (backprop), for memory and accuracy comparisons
 }
 

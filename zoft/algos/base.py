@@ -106,6 +106,8 @@ class ZOOptimizer(torch.optim.Optimizer):
     data_parallel: bool = True
     #: whether steps backpropagate (the first-order reference) instead of probing
     first_order: bool = False
+    #: the tuning modes it runs in (empty: every mode); the CLI refuses the others before loading
+    modes: tuple[str, ...] = ()
     #: the step: moves before each forward, in multiples of ε along direction 0
     probes: tuple[float, ...] = (1.0, -2.0)
     #: forward passes per step, for budgets, logs and the data-parallel traffic
