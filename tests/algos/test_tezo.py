@@ -166,6 +166,29 @@ def test_tezo_adam_with_rank_one_equals_dense_zo_adam_on_the_same_directions():
     assert torch.allclose(q.w.detach(), w, rtol=1e-8, atol=1e-10)
 
 
+@pytest.mark.parametrize("scale", ["sqrt-r", "none"])
+def test_tezo_adam_rank_three_equals_its_separable_reference(scale):
+    # r ≥ 2 against a dense reference that builds the documented moments explicitly: M̂ = s_r·U diag(m̂) Vᵀ and
+    # V̂ = s_r²·(U⊙U) diag(v̂) (V⊙V)ᵀ with m, v the r-space EMAs of κ·τ and κ²·τ² (1e-10, float64); a second moment
+    # scaled by s_r instead of s_r² fails it with the default scale
+    q = MatrixQuadratic()
+    lr, b1, b2, delta, wd = 1e-2, 0.9, 0.999, 1e-8, 0.05
+    opt = TeZOAdam(q.params, lr=lr, eps=1e-3, seed=3, rank=3, weight_decay=wd, tezo_scale=scale)
+    u, v_f = (f.double() for f in opt.factors(0))
+    s = 1 / math.sqrt(3) if scale == "sqrt-r" else 1.0
+    w = q.w.detach().clone()
+    m, v = torch.zeros(3, dtype=torch.float64), torch.zeros(3, dtype=torch.float64)
+    for t in range(1, 21):
+        opt.step(q.closure)
+        kappa, tau = opt.last["projected_grad"], opt.tau(0, step_seed(3, t - 1)).double()
+        m = b1 * m + (1 - b1) * kappa * tau
+        v = b2 * v + (1 - b2) * kappa**2 * tau * tau
+        m_hat = s * u @ torch.diag(m / (1 - b1**t)) @ v_f.T
+        v_hat = s * s * (u * u) @ torch.diag(v / (1 - b2**t)) @ (v_f * v_f).T
+        w = (1 - lr * wd) * w - lr * m_hat / (v_hat.sqrt() + delta)
+    assert torch.allclose(q.w.detach(), w, rtol=1e-10, atol=1e-12)
+
+
 def test_tezo_adam_rank_two_differs_from_dense_adam():
     # for r > 1 the cross terms make the separable second moment an approximation: a real difference
     q = MatrixQuadratic()
