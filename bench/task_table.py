@@ -23,6 +23,8 @@ ROOT = Path(__file__).resolve().parents[1]
 RECIPES = ROOT / "recipes" / "smollm2-135m"
 # demonstrations per task: MeZO uses 32; long passages (BoolQ, SQuAD) get fewer so a CPU eval stays minutes
 ICL = {"sst2": 16, "rte": 16, "wic": 16, "boolq": 4, "squad": 4}
+#: where the original task files are (one folder per task); the recipes say data/<task>
+DATA_ROOT = ROOT.parent / "shared" / "data"
 
 
 def _zoft(*args: str) -> dict:
@@ -34,14 +36,16 @@ def _zoft(*args: str) -> dict:
     return json.loads(proc.stdout)
 
 
-def run_task(task: str, algos: list[str], out: Path) -> dict:
+def run_task(task: str, algos: list[str], out: Path, data_root: Path = DATA_ROOT) -> dict:
     row: dict = {"task": task}
     recipes = {a: RECIPES / f"{a}-{task}.yaml" for a in algos if (RECIPES / f"{a}-{task}.yaml").is_file()}
     base = yaml.safe_load(next(iter(recipes.values())).read_text()) if recipes else \
         yaml.safe_load((RECIPES / "mezo-sst2.yaml").read_text())
+    data_dir = base["data_dir"] if base["data_dir"] == "builtin" else str(data_root / task)
     for algo, recipe in recipes.items():
         t0 = time.perf_counter()
-        summary = _zoft("train", str(recipe), "--output-dir", str(out / f"{algo}-{task}"), "--overwrite")
+        summary = _zoft("train", str(recipe), "--data-dir", data_dir, "--output-dir", str(out / f"{algo}-{task}"),
+                        "--overwrite")
         metric = summary["metric"]
         row["metric"] = metric
         row.setdefault("zero_shot", summary["zero_shot"].get(f"eval_{metric}"))
@@ -50,7 +54,7 @@ def run_task(task: str, algos: list[str], out: Path) -> dict:
         row[f"{algo}_steps"] = summary["config"]["steps"]
         row[f"{algo}_s"] = round(time.perf_counter() - t0, 1)
     k = ICL.get(task, 16)
-    report = _zoft("eval", "smollm2-135m", "--task", task, "--data-dir", str(base["data_dir"]),
+    report = _zoft("eval", "smollm2-135m", "--task", task, "--data-dir", data_dir,
                    "--num-eval", str(base["num_eval"]), "--dtype", "float32", "--icl", str(k),
                    "--output-dir", str(out / f"icl-{task}"))
     row.update(metric=report["metric"], icl=report[f"eval_{report['metric']}"], icl_k=k,
@@ -76,12 +80,14 @@ def main() -> None:
     parser.add_argument("--algos", default="mezo,hizoo")
     parser.add_argument("--train-sst2", action="store_true", help="also rerun the SST-2 recipes (~20 min)")
     parser.add_argument("--out", default="runs/task_table")
+    parser.add_argument("--data-root", type=Path, default=DATA_ROOT, help="folder with one folder of original "
+                        "task files per task (default: the developers' shared data beside the checkout)")
     args = parser.parse_args()
     algos = args.algos.split(",")
     out = ROOT / args.out
     rows = []
     for task in args.tasks.split(","):
-        rows.append(run_task(task, algos if task != "sst2" or args.train_sst2 else [], out))
+        rows.append(run_task(task, algos if task != "sst2" or args.train_sst2 else [], out, args.data_root))
         print(table(rows, algos), flush=True)
     results = ROOT / "bench" / "results"
     (results / "task_table.md").write_text(table(rows, algos) + "\n")

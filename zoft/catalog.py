@@ -1,9 +1,48 @@
-"""What `zoft list` shows: the algorithm and task registries and the shipped recipes."""
+"""What `zoft list` shows: the algorithm and task registries and the shipped recipes, which are package data
+(`zoft/recipes/<model>/<name>.yaml`, also at `recipes/` in a checkout) and are found by name from any directory."""
 
 from __future__ import annotations
 
+import difflib
 from pathlib import Path
 from typing import Any
+
+from zoft.errors import ConfigError
+
+#: the shipped recipes, inside the installed package
+RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
+#: a bare name shipped for several models resolves to this model's (the embedded default, which runs offline)
+DEFAULT_RECIPE_MODEL = "smollm2-135m"
+
+
+def recipe_names(recipes_dir: Path = RECIPES_DIR) -> dict[str, Path]:
+    """Every shipped recipe by name, `<model>/<name>` (its path under the recipes dir without `.yaml`)."""
+    if not recipes_dir.is_dir():
+        return {}
+    return {str(p.relative_to(recipes_dir).with_suffix("")): p for p in sorted(recipes_dir.rglob("*.yaml"))}
+
+
+def find_recipe(arg: str | Path, recipes_dir: Path = RECIPES_DIR) -> Path:
+    """The recipe file `arg` names: a path that exists, else a shipped recipe by `<model>/<name>` or by a bare
+    `<name>` (one model's, or the embedded default model's when several ship it); ConfigError with the close
+    names otherwise."""
+    path = Path(arg).expanduser()
+    if path.is_file():
+        return path
+    names = recipe_names(recipes_dir)
+    name = str(arg).removesuffix(".yaml").removesuffix(".yml")
+    name = name.removeprefix("recipes/").removeprefix("zoft/recipes/")
+    if name in names:
+        return names[name]
+    by_stem = [key for key in names if key.rsplit("/", 1)[-1] == name]
+    if len(by_stem) == 1 or f"{DEFAULT_RECIPE_MODEL}/{name}" in by_stem:
+        return names[by_stem[0] if len(by_stem) == 1 else f"{DEFAULT_RECIPE_MODEL}/{name}"]
+    if by_stem:
+        raise ConfigError(f"recipe {arg}: shipped for several models; name one of {', '.join(by_stem)}")
+    close = difflib.get_close_matches(name, list(names) + sorted({k.rsplit('/', 1)[-1] for k in names}), n=3)
+    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    raise ConfigError(f"recipe {arg}: no such file, and no shipped recipe of that name{hint}; `zoft recipes` lists "
+                      "them")
 
 
 def recipe_description(path: Path) -> str:
@@ -33,7 +72,7 @@ def state_on_model(model: str) -> dict[str, dict[str, Any]]:
     return out
 
 
-def catalog(recipes_dir: Path, model: str | None = None) -> dict[str, list[dict[str, Any]]]:
+def catalog(recipes_dir: Path = RECIPES_DIR, model: str | None = None) -> dict[str, list[dict[str, Any]]]:
     from zoft.algos import ALGORITHMS
     from zoft.tasks import TASKS
 
@@ -51,10 +90,7 @@ def catalog(recipes_dir: Path, model: str | None = None) -> dict[str, list[dict[
     tasks.append({"name": "custom", "description": "your jsonl/csv: --data-file --text-field --label-field "
                   "--verbalizer --template (classification) or --prompt-field --target-field (generation)",
                   "metric": "accuracy / f1"})
-    recipes = []
-    if recipes_dir.is_dir():
-        for path in sorted(recipes_dir.rglob("*.yaml")):
-            recipes.append({"path": str(path.relative_to(recipes_dir.parent)),
-                            "description": recipe_description(path)})
+    recipes = [{"name": name, "path": str(path), "description": recipe_description(path)}
+               for name, path in recipe_names(recipes_dir).items()]
     return {"algorithms": algorithms, "tasks": tasks, "recipes": recipes}
 

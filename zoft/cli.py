@@ -33,7 +33,6 @@ app = typer.Typer(
 )
 out = Console()                 # results (tables, --json) on stdout
 err = Console(stderr=True)      # progress, info and errors on stderr
-RECIPES_DIR = Path(__file__).resolve().parent.parent / "recipes"
 
 
 class Dtype(str, Enum):
@@ -137,6 +136,10 @@ def _train(recipe: Path | None = None, nproc: int = 1, as_json: bool = False, **
     from zoft.algos import get_algorithm
     from zoft.config import resolve
 
+    from zoft.catalog import find_recipe
+
+    if recipe is not None:
+        recipe = _guarded(find_recipe, recipe)
     cfg = _guarded(resolve, recipe, flags)
     if nproc < 1:
         _fail(f"--nproc must be >= 1 (got {nproc})")
@@ -310,7 +313,9 @@ def sweep_cmd(
     from zoft.progress import Reporter
     from zoft.sweep import SweepRequest, markdown, plan, run_sweep
 
-    req = SweepRequest(recipe=str(recipe), grid=grid, set=set_ or [], output_dir=output_dir,
+    from zoft.catalog import find_recipe
+
+    req = SweepRequest(recipe=str(_guarded(find_recipe, recipe)), grid=grid, set=set_ or [], output_dir=output_dir,
                        print_commands=print_commands, collect=collect, overwrite=overwrite)
     if print_commands:
         _, points = _guarded(plan, req)
@@ -448,7 +453,7 @@ def list_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False,
 ) -> None:
     """Show the algorithms (when to pick each, forwards per step, persistent state), tasks and recipes."""
-    from zoft.catalog import catalog
+    from zoft.catalog import RECIPES_DIR, catalog
 
     data = _guarded(catalog, RECIPES_DIR, model)
     if as_json:
@@ -464,7 +469,8 @@ def list_cmd(
     for title, rows, columns in (
         ("Algorithms", data["algorithms"], algo_columns),
         ("Tasks", data["tasks"], ("name", "metric", "description")),
-        ("Recipes", data["recipes"], ("path", "description")),
+        ("Recipes (zoft train NAME; zoft recipes cp NAME DEST to edit one)", data["recipes"],
+         ("name", "description")),
     ):
         table = Table(title=title, title_justify="left")
         for col in columns:
@@ -473,6 +479,59 @@ def list_cmd(
         for row in rows:
             table.add_row(*(str(row.get(c, "")) for c in columns))
         out.print(table)
+
+
+recipes_app = typer.Typer(help="The recipes shipped with zoft: list them, or copy one to edit (`zoft train NAME` "
+                          "runs one from any directory).", rich_markup_mode="rich",
+                          context_settings={"help_option_names": ["-h", "--help"]})
+app.add_typer(recipes_app, name="recipes")
+
+
+@recipes_app.callback(invoke_without_command=True, epilog="[bold]Examples[/]\n\n  zoft recipes\n\n  zoft "
+                      "recipes cp mezo-sst2 my-run.yaml   [dim]# then edit it and: zoft train my-run.yaml[/]")
+def recipes_cmd(
+    ctx: typer.Context,
+    as_json: Annotated[bool, typer.Option("--json", help="Print as JSON (name, path, description).")] = False,
+) -> None:
+    """List the shipped recipes by name: `<model>/<name>`, or `<name>` alone (the embedded model's when
+    several models ship it)."""
+    if ctx.invoked_subcommand is not None:
+        return
+    from zoft.catalog import recipe_description, recipe_names
+
+    rows = [{"name": n, "path": str(p), "description": recipe_description(p)} for n, p in recipe_names().items()]
+    if as_json:
+        out.print_json(json.dumps(rows))
+        return
+    table = Table(title="Recipes (zoft train NAME, then any flag)", title_justify="left")
+    table.add_column("name")
+    table.add_column("description")
+    for row in rows:
+        table.add_row(row["name"], row["description"])
+    out.print(table)
+
+
+@recipes_app.command("cp")
+def recipes_cp(
+    name: Annotated[str, typer.Argument(help="A shipped recipe: <model>/<name> or <name>.", show_default=False)],
+    dest: Annotated[Path, typer.Argument(help="File to write, or a directory to copy it into.", show_default=False)],
+    overwrite: Annotated[bool, typer.Option("--overwrite", help="Replace DEST if it exists.")] = False,
+) -> None:
+    """Copy a shipped recipe to DEST for editing (like `tune cp`); run it with `zoft train DEST`."""
+    import shutil
+
+    from zoft.catalog import find_recipe, recipe_names
+
+    src = _guarded(find_recipe, name)
+    if src not in recipe_names().values():
+        _fail(f"recipe {name}: not a shipped recipe; `zoft recipes` lists them")
+    target = dest / src.name if dest.is_dir() else dest
+    if target.exists() and not overwrite:
+        _fail(f"{target} exists; pass --overwrite to replace it")
+    if not target.parent.is_dir():
+        _fail(f"{target.parent}: no such directory")
+    shutil.copyfile(src, target)
+    err.print(f"wrote {target} (from {src.parent.name}/{src.name})", highlight=False)
 
 
 if __name__ == "__main__":  # pragma: no cover
