@@ -131,6 +131,8 @@ class TrainConfig:
     eval_every: int | None = knob(None, "Dev evaluation interval in steps (0: only at the end).", TRAIN, "steps/5")
     eval_batch_size: int = knob(16, "Examples per evaluation forward.", TRAIN)
     log_every: int = knob(10, "Metrics/log line interval in steps.", TRAIN)
+    report_to: str = knob("none", "Also send what metrics.jsonl logs (and the config) to tensorboard, wandb and/or "
+                          "mlflow, comma-separated; none: only metrics.jsonl and loss.png.", TRAIN)
     max_bad_steps: int = knob(3, "Stop (exit 3) after this many consecutive steps whose loss or projected gradient "
                               "is NaN/inf; those steps are skipped, never applied.", TRAIN)
     # Checkpointing
@@ -291,6 +293,9 @@ def validate(cfg: TrainConfig, strict: tuple[str, ...] = ()) -> None:
     _validate_task(cfg)
     _validate_mode(cfg)
     _validate_hardware(cfg)
+    from zoft import trackers
+
+    trackers.check_installed(trackers.parse(cfg.report_to))
 
 
 def _validate_numbers(cfg: TrainConfig) -> None:

@@ -1,7 +1,10 @@
 """Progress for `zoft train`: a Rich bar on a terminal, one plain line per log interval elsewhere.
 
 Cluster logs and CI capture stderr into files, where a redrawn bar becomes thousands of lines of noise, so off a
-terminal the bar is replaced by lines like `step 120/20000 | loss 0.4321 | lr 1.0e-06 | 3.2 it/s | eta 1:42:10`.
+terminal the bar is replaced by lines like
+`2026-12-03 10:55:01 step 120/20000 | loss 0.4321 | lr 1.0e-06 | 3.21 it/s | 820 tok/s | eta 1:42:10` (info lines get
+the same timestamp). A step slower than a second shows as s/it, and the ETA of the bar and of the lines comes from
+the run's own step rate, so slow steps have one.
 """
 
 from __future__ import annotations
@@ -14,8 +17,7 @@ from contextlib import contextmanager
 from typing import Any
 
 from rich.console import Console
-from rich.progress import (BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn,
-                           TimeRemainingColumn)
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, ProgressColumn, TextColumn, TimeElapsedColumn
 from rich.text import Text
 
 
@@ -63,27 +65,52 @@ def protect_std_streams() -> None:
             setattr(sys, name, SafeStream(stream))
 
 
+def rate_text(rate: float) -> str:
+    """Steps per second as people read it: "3.21 it/s", or "42.0 s/it" once a step takes over a second."""
+    if rate <= 0:
+        return "-- it/s"
+    return f"{rate:.2f} it/s" if rate >= 1 else f"{1 / rate:.1f} s/it"
+
+
+def eta_text(step: int, total: int, rate: float) -> str:
+    """Time left for the remaining steps at `rate` (evaluations not included), as H:MM:SS."""
+    return str(datetime.timedelta(seconds=int((total - step) / rate))) if rate > 0 else "?"
+
+
 class _SpeedColumn(ProgressColumn):
+    """The run's own step rate: Rich's estimate needs two updates within 30 s, so slow steps showed nothing."""
+
     def render(self, task) -> Text:
-        return Text(f"{task.speed:.2f} it/s" if task.speed else "-- it/s")
+        return Text(rate_text(task.fields.get("rate", 0.0)))
+
+
+class _EtaColumn(ProgressColumn):
+    def render(self, task) -> Text:
+        return Text("eta " + eta_text(int(task.completed), int(task.total or 0), task.fields.get("rate", 0.0)))
+
+
+def stamp() -> str:
+    """The wall-clock prefix of plain log lines (cluster logs need to know when a line was written)."""
+    return datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
 
 
 class _Bar:
     def __init__(self, progress: Progress | None, task_id, console: Console):
         self.progress, self.task_id, self.console = progress, task_id, console
 
-    def update(self, step: int, loss: float, lr: float) -> None:
+    def update(self, step: int, loss: float, lr: float, rate: float = 0.0) -> None:
         if self.progress is not None:
-            self.progress.update(self.task_id, completed=step, loss=loss, lr=lr)
+            self.progress.update(self.task_id, completed=step, loss=loss, lr=lr, rate=rate)
 
     def log_line(self, step: int, total: int, rec: dict[str, Any]) -> None:
         """Off a terminal, the one line per log interval that replaces the bar."""
         if self.progress is not None:
             return
         rate = rec.get("steps_per_s") or 0.0
-        eta = datetime.timedelta(seconds=int((total - step) / rate)) if rate > 0 else "?"
-        self.console.print(f"step {step}/{total} | loss {rec['loss']:.4f} | lr {rec['lr']:.1e} | "
-                           f"{rate:.2f} it/s | eta {eta}", highlight=False, soft_wrap=True)
+        tokens = f" | {rec['tokens_per_s']:,.0f} tok/s" if rec.get("tokens_per_s") else ""
+        self.console.print(f"{stamp()} step {step}/{total} | loss {rec['loss']:.4f} | lr {rec['lr']:.1e} | "
+                           f"{rate_text(rate)}{tokens} | eta {eta_text(step, total, rate)}", highlight=False,
+                           soft_wrap=True)
 
 
 class Reporter:
@@ -97,7 +124,8 @@ class Reporter:
     def info(self, message: str) -> None:
         if not self.quiet:
             target = self._progress.console if self._progress is not None else self.console
-            target.print(message, highlight=False, soft_wrap=True)
+            prefix = "" if target.is_terminal else stamp() + " "  # plain logs: when each line was written
+            target.print(prefix + message, highlight=False, soft_wrap=True)
 
     @contextmanager
     def progress(self, total: int, start: int = 0):
@@ -106,10 +134,10 @@ class Reporter:
             return
         columns = [TextColumn("[bold]train"), BarColumn(), MofNCompleteColumn(),
                    TextColumn("loss {task.fields[loss]:.4f}"), TextColumn("lr {task.fields[lr]:.1e}"),
-                   _SpeedColumn(), TimeElapsedColumn(), TimeRemainingColumn()]
+                   _SpeedColumn(), TimeElapsedColumn(), _EtaColumn()]
         with Progress(*columns, console=self.console, transient=False) as progress:
             self._progress = progress
-            task_id = progress.add_task("train", total=total, completed=start, loss=float("nan"), lr=0.0)
+            task_id = progress.add_task("train", total=total, completed=start, loss=float("nan"), lr=0.0, rate=0.0)
             try:
                 yield _Bar(progress, task_id, self.console)
             finally:

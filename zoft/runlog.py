@@ -43,6 +43,9 @@ class JsonLines:
         with self.path.open("a") as f:
             f.write(json.dumps(record) + "\n")
 
+    def close(self) -> None:
+        """Nothing to flush: every line is written when it is logged."""
+
 
 class Discard:
     """The log of a data-parallel rank other than 0: it writes nothing."""
@@ -50,4 +53,7 @@ class Discard:
     records: list = []
 
     def write(self, record: dict[str, Any]) -> None:
+        pass
+
+    def close(self) -> None:
         pass

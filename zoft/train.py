@@ -119,8 +119,11 @@ def train(cfg: TrainConfig, reporter: Reporter | None = None) -> dict[str, Any]:
     main = int(os.environ.get("RANK", "0")) == 0
     with RunLock(Path(cfg.output_dir)) if main else contextlib.nullcontext():
         run = prepare(cfg, reporter)
-        steps(run)
-        return finish(run)
+        try:
+            steps(run)
+            return finish(run)
+        finally:
+            run.metrics.close()  # trackers flush and end their runs, also after Ctrl-C or a diverged run
 
 
 # -- prepare -------------------------------------------------------------------------------------------------
@@ -220,7 +223,7 @@ def _open(run: Run, resume_from: Path | None, model_path: str) -> None:
     if cfg.offload:
         offload = _attach_offload(run)
     kept = run.state.step if resume_from is not None else None
-    run.metrics = JsonLines(out / "metrics.jsonl", kept) if run.world.main else Discard()
+    run.metrics = _metrics_log(run, kept) if run.world.main else Discard()
     # the seed trajectory: with the base model and config.yaml it rebuilds the weights at any step (zoft replay)
     run.trajectory = trajectory.writer(out, kept) if opt.replayable and run.world.main else None
     n_trainable = sum(p.numel() for p in opt.tensors)
@@ -259,9 +262,13 @@ def _state_text(opt) -> str:
 # -- evaluation and checkpoints ------------------------------------------------------------------------------
 def score(run: Run, split: str) -> dict[str, Any]:
     """The task's metric and loss on an encoded split, with the value model selection minimises: the dev loss
-    under CE; under a non-differentiable objective, minus that objective."""
+    under CE; under a non-differentiable objective, minus that objective. Announced first, since scoring a split
+    can take minutes (the demo's 872 eval examples: about 2 min on 2 CPU cores)."""
+    run.reporter.info(f"scoring {len(run.encoded[split])} {split} examples ...")
+    t0 = time.perf_counter()
     result = evaluate(run.model, run.encoded[split], run.pad, run.cfg.eval_batch_size, run.device,
                       run.task.objective, run.tokenizer)
+    result["seconds"] = time.perf_counter() - t0
     result["selection"] = result["loss"] if run.objective.differentiable else -result[run.metric]
     return result
 
@@ -271,7 +278,8 @@ def evaluate_dev(run: Run, step: int) -> dict[str, Any]:
     run.metrics.write({"event": "eval", "step": step, f"dev_{run.metric}": result[run.metric],
                        "dev_loss": result["loss"], "forwards": run.opt.forwards,
                        "elapsed_s": round(run.state.elapsed_s, 3), **run.opt.diagnostics()})
-    run.reporter.info(f"step {step}: dev {run.metric} {result[run.metric]:.4f}, dev loss {result['loss']:.4f}")
+    run.reporter.info(f"step {step}: dev {run.metric} {result[run.metric]:.4f}, dev loss {result['loss']:.4f} "
+                      f"({result['seconds']:.0f} s)")
     return result
 
 
@@ -308,6 +316,7 @@ class _Window:
     start_step: int = 0
     train_s_start: float = 0.0
     t_last: float = field(default_factory=time.perf_counter)
+    tokens: int = 0  # tokens forwarded since start_step: each example's longest row, once per forward
 
 
 def steps(run: Run) -> None:
@@ -326,7 +335,8 @@ def steps(run: Run) -> None:
             state.elapsed_s += now - window.t_last
             window.t_last = now
             state.step = done = step + 1
-            bar.update(done, loss if loss is not None else float("nan"), run.opt.param_groups[0]["lr"])
+            rate = (done - window.start_step) / max(state.train_s - window.train_s_start, 1e-9)
+            bar.update(done, loss if loss is not None else float("nan"), run.opt.param_groups[0]["lr"], rate)
             _log_train(run, done, window, bar)
             _evaluate_and_save(run, done)
             code = run.world.agree_stop(stop.get("code", 0), done)
@@ -344,8 +354,10 @@ def _one_step(run: Run, step: int, window: _Window) -> float | None:
     chunks = [[train[i] for i in indices[j:j + cfg.micro_batch_size]]
               for j in range(0, len(indices), cfg.micro_batch_size)]
     closure = run.world.loss(run.objective, run.model, run.objective.batches(chunks), step + 1)
+    forwards = opt.forwards
     try:
         loss = opt.step(closure)
+        window.tokens += (opt.forwards - forwards) * sum(max(map(len, train[i].rows)) for i in indices)
     except NonFiniteLossError as exc:
         # the optimizer restored the weights: this step applies nothing. Its seed is spent (opt.t moves on), so
         # a resumed run meets the same steps with the same seeds.
@@ -375,10 +387,12 @@ def _log_train(run: Run, done: int, window: _Window, bar) -> None:
     cfg, state = run.cfg, run.state
     if not ((done % cfg.log_every == 0 or done == cfg.steps) and window.losses):
         return
-    rate = (done - window.start_step) / max(state.train_s - window.train_s_start, 1e-9)
+    seconds = max(state.train_s - window.train_s_start, 1e-9)
+    rate = (done - window.start_step) / seconds
     rec = {"event": "train", "step": done, "loss": sum(window.losses) / len(window.losses),
            "lr": run.opt.param_groups[0]["lr"], "projected_grad": run.opt.last.get("projected_grad"),
-           "forwards": run.opt.forwards, "elapsed_s": round(state.elapsed_s, 3), "steps_per_s": round(rate, 4)}
+           "forwards": run.opt.forwards, "elapsed_s": round(state.elapsed_s, 3), "steps_per_s": round(rate, 4),
+           "tokens_per_s": round(window.tokens / seconds, 1)}
     run.metrics.write(rec)
     bar.log_line(done, cfg.steps, rec)
     window.losses.clear()
@@ -435,6 +449,22 @@ def _stop_signals():
     finally:
         for sig, h in previous.items():
             signal.signal(sig, h)
+
+
+def _metrics_log(run: Run, kept: int | None):
+    """metrics.jsonl, forwarded to the `--report-to` trackers when there are any."""
+    from zoft import trackers
+
+    log = JsonLines(run.out / "metrics.jsonl", kept)
+    names = trackers.parse(run.cfg.report_to)
+    if not names:
+        return log
+    import yaml
+    from rich.markup import escape
+
+    config = yaml.safe_load(to_yaml(run.cfg))
+    return trackers.Tracked(log, names, run.out, config, resumed=kept is not None,
+                            warn=lambda line: run.reporter.info(f"[yellow]warning:[/] {escape(line)}"))
 
 
 # -- finish --------------------------------------------------------------------------------------------------
