@@ -21,7 +21,7 @@ def test_help(args):
 
 
 def test_train_help_has_panels():
-    text = runner.invoke(app, ["train", "--help"], terminal_width=200).output
+    text = runner.invoke(app, ["train", "--steps", "2", "--help"], terminal_width=200).output
     for panel in ("Model", "Data", "ZO algorithm", "Training", "Checkpointing", "Hardware"):
         assert panel in text
 
@@ -112,7 +112,7 @@ def _write(path, text):
     (["--noise", "philox", "--device", "cpu"], "--noise philox: the fused Triton kernel cannot run here"),
 ])
 def test_bad_inputs_exit_2_with_one_line(args, needle, tmp_path):
-    result = runner.invoke(app, ["train", *args, "--output-dir", str(tmp_path / "o")])
+    result = runner.invoke(app, ["train", "--steps", "2", *args, "--output-dir", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert needle in result.output
     if "error:" in result.output:
@@ -121,7 +121,7 @@ def test_bad_inputs_exit_2_with_one_line(args, needle, tmp_path):
 
 def test_custom_missing_column_lists_available(tmp_path):
     data = _write(tmp_path / "d.jsonl", '{"sentence": "good", "label": 1}\n{"sentence": "bad", "label": 0}\n')
-    result = runner.invoke(app, ["train", "--task", "custom", "--data-file", str(data), "--label-field", "lbl",
+    result = runner.invoke(app, ["train", "--steps", "2", "--task", "custom", "--data-file", str(data), "--label-field", "lbl",
                                  "--verbalizer", "0=bad,1=good", "--output-dir", str(tmp_path / "o")])
     assert result.exit_code == 2
     assert "lbl" in result.output and "label, sentence" in result.output
@@ -130,17 +130,17 @@ def test_custom_missing_column_lists_available(tmp_path):
 def test_existing_output_dir_needs_overwrite(tmp_path):
     (tmp_path / "o").mkdir()
     (tmp_path / "o" / "keep.txt").write_text("precious")
-    result = runner.invoke(app, ["train", "--output-dir", str(tmp_path / "o")])
+    result = runner.invoke(app, ["train", "--steps", "2", "--output-dir", str(tmp_path / "o")])
     assert result.exit_code == 2 and "--overwrite" in result.output
     assert (tmp_path / "o" / "keep.txt").read_text() == "precious"
 
 
 def test_recipe_errors_name_the_key(tmp_path):
     bad_key = _write(tmp_path / "a.yaml", "lrr: 1e-6\n")
-    result = runner.invoke(app, ["train", str(bad_key)])
+    result = runner.invoke(app, ["train", "--steps", "2", str(bad_key)])
     assert result.exit_code == 2 and "'lrr'" in result.output and "'lr'" in result.output
     bad_type = _write(tmp_path / "b.yaml", "steps: many\n")
-    result = runner.invoke(app, ["train", str(bad_type)])
+    result = runner.invoke(app, ["train", "--steps", "2", str(bad_type)])
     assert result.exit_code == 2 and "'steps'" in result.output
 
 
@@ -204,7 +204,7 @@ def test_hostile_custom_inputs_exit_2_and_write_nothing(extra, needle, tiny_mode
         (tmp_path / name).write_bytes(data)
     extra = [str(tmp_path / x[1:-1]) if x.startswith("{") and x.endswith("}") and "." in x else x for x in extra]
     out = tmp_path / "run"
-    result = runner.invoke(app, ["train", "--task", "custom", "--model", str(tiny_model_dirs["opt"]), "--device",
+    result = runner.invoke(app, ["train", "--steps", "2", "--task", "custom", "--model", str(tiny_model_dirs["opt"]), "--device",
                                  "cpu", "--output-dir", str(out), *extra])
     assert result.exit_code == 2, result.output
     text = " ".join(result.output.split())
@@ -230,7 +230,7 @@ def test_resume_with_another_algorithm_or_model_is_refused(tiny_model_dirs, tmp_
 def test_train_help_groups_each_algorithms_options_under_it():
     from zoft.algos import option_table
 
-    text = runner.invoke(app, ["train", "--help"], env={"COLUMNS": "250"}).output  # rich truncates narrow columns
+    text = runner.invoke(app, ["train", "--steps", "2", "--help"], env={"COLUMNS": "250"}).output  # rich truncates narrow columns
     for name, (option, algos) in option_table().items():
         assert f"Options of {', '.join(algos)}" in text, name
         assert option.flag in text
@@ -244,9 +244,9 @@ def test_a_no_flag_overrides_a_recipes_true(tiny_model_dirs, tmp_path):
     recipe = _write(tmp_path / "r.yaml", "exact_bf16: true\ndtype: float32\n")
     common = ["--model", str(tiny_model_dirs["llama"]), "--data-dir", "builtin", "--num-train", "8", "--num-dev",
               "4", "--num-eval", "4", "--batch-size", "4", "--steps", "1", "--eval-every", "0", "--device", "cpu"]
-    refused = runner.invoke(app, ["train", str(recipe), *common, "--output-dir", str(tmp_path / "a")])
+    refused = runner.invoke(app, ["train", "--steps", "2", str(recipe), *common, "--output-dir", str(tmp_path / "a")])
     assert refused.exit_code == 2 and "--exact-bf16 applies to bfloat16 weights" in refused.output
-    result = runner.invoke(app, ["train", str(recipe), *common, "--no-exact-bf16", "--output-dir", str(tmp_path / "b")])
+    result = runner.invoke(app, ["train", "--steps", "2", str(recipe), *common, "--no-exact-bf16", "--output-dir", str(tmp_path / "b")])
     assert result.exit_code == 0, result.output
     assert yaml.safe_load((tmp_path / "b" / "config.yaml").read_text())["exact_bf16"] is False
 
@@ -273,3 +273,22 @@ def test_the_summary_title_names_an_adapter_mode(monkeypatch):
     monkeypatch.setattr(zoft.cli, "out", console)
     zoft.cli._print_summary(summary)
     assert "zoft mezo (lora) on sst2" in console.export_text()
+
+
+@pytest.mark.parametrize("args,needle", [
+    ([], "--steps not given: on a CPU, MeZO's 20,000 steps would take many hours; pass --steps N"),
+    (["--steps", "2", "--task", "sst-2"], "--task sst-2: unknown task (did you mean sst2?)"),
+    (["--steps", "2", "--mode", "lore"], "--mode lore: unknown mode (did you mean lora?)"),
+    (["--steps", "2", "--algo", "mezzo"], "--algo mezzo: unknown algorithm (did you mean mezo?)"),
+])
+def test_a_newcomers_first_commands_get_one_line_that_says_what_to_do(args, needle, tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    result = runner.invoke(app, ["train", "--device", "cpu", *args])
+    assert result.exit_code == 2 and needle in result.output, result.output
+    assert not (tmp_path / "runs").exists()
+
+
+def test_algorithm_names_take_any_case_and_underscores():
+    from zoft.algos import TeZOAdam, get_algorithm
+
+    assert get_algorithm("TeZO-Adam") is get_algorithm("tezo_adam") is TeZOAdam

@@ -59,10 +59,10 @@ def test_trajectory_keys_are_the_fields_that_change_a_run_and_the_algorithms_own
               "lora_alpha", "lora_targets", "virtual_tokens", "prefix_init", "load_in_8bit", "load_in_4bit",
               "batch_size", "seed", "dtype", "objective", "per_label", "prompt_field", "target_field", "text_field",
               "label_field", "verbalizer", "template"}
-    tezo = set(trajectory_keys(finalize(resolve(None, {"algo": "tezo"}))))
+    tezo = set(trajectory_keys(finalize(resolve(None, {"algo": "tezo", "steps": 10}))))
     assert tezo - fields == {"rank", "rank_mode", "rank_threshold", "rank_min", "rank_max", "tezo_scale"}
     assert fields <= tezo  # tezo_factors changes memory, not the trajectory: a resume may switch it
-    assert set(trajectory_keys(finalize(resolve(None, {"algo": "hizoo"})))) - fields == {
+    assert set(trajectory_keys(finalize(resolve(None, {"algo": "hizoo", "steps": 10})))) - fields == {
         "hessian_smooth", "hessian_schedule", "hessian_estimator"}
 
 

@@ -148,7 +148,7 @@ def test_a_null_or_missing_text_is_refused_naming_the_line(row, needle, tmp_path
     rows = ['{"sentence": "good", "label": 1}', '{"sentence": "bad", "label": 0}', "", row]
     data = tmp_path / "d.jsonl"
     data.write_text("\n".join(rows) + "\n")
-    result = runner.invoke(app, ["train", "--task", "custom", "--data-file", str(data), "--verbalizer",
+    result = runner.invoke(app, ["train", "--steps", "2", "--task", "custom", "--data-file", str(data), "--verbalizer",
                                  "0=bad,1=good", "--output-dir", str(tmp_path / "o")])
     assert result.exit_code == 2, result.output
     assert needle in " ".join(result.output.split())
@@ -157,7 +157,7 @@ def test_a_null_or_missing_text_is_refused_naming_the_line(row, needle, tmp_path
 def test_a_null_generation_target_or_prompt_is_refused(tmp_path):
     data = tmp_path / "g.jsonl"
     data.write_text('{"prompt": "Q: 1+1?", "target": "2"}\n{"prompt": null, "target": "3"}\n')
-    result = runner.invoke(app, ["train", "--task", "custom", "--data-file", str(data), "--prompt-field", "prompt",
+    result = runner.invoke(app, ["train", "--steps", "2", "--task", "custom", "--data-file", str(data), "--prompt-field", "prompt",
                                  "--target-field", "target", "--output-dir", str(tmp_path / "o")])
     assert result.exit_code == 2 and "line 2 of g.jsonl has a null 'prompt'" in " ".join(result.output.split())
 
@@ -192,7 +192,7 @@ def test_resume_refuses_data_that_changed_and_steps_below_the_checkpoint(tiny_mo
 
 @pytest.mark.parametrize("flag, value", [("--seed", str(2**70)), ("--seed", "-1"), ("--train-set-seed", str(2**32))])
 def test_seeds_out_of_range_are_refused(flag, value, tmp_path):
-    result = runner.invoke(app, ["train", flag, value, "--output-dir", str(tmp_path / "o")])
+    result = runner.invoke(app, ["train", "--steps", "2", flag, value, "--output-dir", str(tmp_path / "o")])
     assert result.exit_code == 2 and flag in result.output
 
 
@@ -275,7 +275,7 @@ def test_an_output_dir_that_cannot_be_written_is_refused_before_loading(make, ne
             pytest.skip("cannot mount a read-only tmpfs here")
         target = tmp_path / "ro" / "run"
     try:
-        result = runner.invoke(app, ["train", "--output-dir", str(target)])
+        result = runner.invoke(app, ["train", "--steps", "2", "--output-dir", str(target)])
         assert result.exit_code == 2 and needle in " ".join(result.output.split()), result.output
     finally:
         if needle == "Read-only file system":
@@ -333,7 +333,7 @@ def test_an_encoder_decoder_is_refused(tokenizer, tmp_path):
 def test_recipes_and_run_configs_that_are_not_utf8_yaml_mappings(tiny_model_dirs, tmp_path):
     recipe = tmp_path / "r.yaml"
     recipe.write_bytes(b"lr: 1e-3\n# caf\xe9\n")
-    result = runner.invoke(app, ["train", str(recipe)])
+    result = runner.invoke(app, ["train", "--steps", "2", str(recipe)])
     assert result.exit_code == 2 and "not UTF-8" in result.output
     out = tmp_path / "run"
     assert runner.invoke(app, args(tiny_model_dirs["llama"], out, "--steps", "2")).exit_code == 0

@@ -123,7 +123,8 @@ class TrainConfig:
                             "it bf16 weights random-walk: 3.8 % RMS after 100 perturb/restore cycles on SmolLM2.",
                             ALGO, trajectory=True)
     # Training
-    steps: int = knob(20000, "ZO steps.", TRAIN)
+    steps: int | None = knob(None, "ZO steps. Default: MeZO's 20,000 on a GPU; on a CPU, where that takes days, "
+                             "give --steps or a recipe (zoft recipes).", TRAIN, "20000 on a GPU")
     batch_size: int = knob(16, "Examples per step (each expands to one row per candidate).", TRAIN, trajectory=True)
     micro_batch_size: int | None = knob(None, "Examples per forward (exact accumulation under one perturbation).",
                                         TRAIN, "batch size")
@@ -298,6 +299,14 @@ def validate(cfg: TrainConfig, strict: tuple[str, ...] = ()) -> None:
     trackers.check_installed(trackers.parse(cfg.report_to))
 
 
+def did_you_mean(given: str, choices) -> str:
+    """" (did you mean X?)" for the closest choice, or "" when none is close."""
+    import difflib
+
+    close = difflib.get_close_matches(str(given).lower(), list(choices), n=1)
+    return f" (did you mean {close[0]}?)" if close else ""
+
+
 def _validate_numbers(cfg: TrainConfig) -> None:
     for key in FIELDS:  # nan < 0 and inf > 0 are both False/True the wrong way: check finiteness first
         value = getattr(cfg, key)
@@ -365,7 +374,8 @@ def _validate_task(cfg: TrainConfig) -> None:
     from zoft.tasks import TASKS
 
     if cfg.task != "custom" and cfg.task not in TASKS:
-        raise ConfigError(f"--task {cfg.task}: unknown task; choose from {', '.join([*TASKS, 'custom'])}")
+        raise ConfigError(f"--task {cfg.task}: unknown task{did_you_mean(cfg.task, [*TASKS, 'custom'])}; choose "
+                          f"from {', '.join([*TASKS, 'custom'])}")
     if cfg.task == "custom" and not cfg.data_file:
         raise ConfigError("--task custom needs --data-file (a jsonl or csv with text and label columns)")
     if cfg.task == "custom" and cfg.data_dir is not None:
@@ -394,7 +404,7 @@ def _validate_mode(cfg: TrainConfig) -> None:
     from zoft.modes import MODES
 
     if cfg.mode not in MODES:
-        raise ConfigError(f"--mode {cfg.mode}: choose {', '.join(MODES)}")
+        raise ConfigError(f"--mode {cfg.mode}: unknown mode{did_you_mean(cfg.mode, MODES)}; choose {', '.join(MODES)}")
     defaults = TrainConfig()
     for keys, modes in ((("lora_r", "lora_alpha", "lora_targets", "merge"), ("lora",)),
                         (("virtual_tokens",), ("prefix", "prompt")), (("prefix_init",), ("prefix",))):
@@ -459,6 +469,21 @@ def value_of(cfg: TrainConfig, key: str) -> Any:
     return getattr(cfg, key) if key in FIELDS else cfg.algo_options.get(key)
 
 
+#: MeZO's step budget (OPT-13B, 20,000 steps of batch 16): the default where a GPU runs it
+GPU_DEFAULT_STEPS = 20000
+
+
+def _default_steps(cfg: TrainConfig) -> int:
+    """MeZO's 20,000 steps on a GPU; on a CPU (about 1-3 s a step for a 135M model on 2 cores: 6-17 hours, days
+    for larger ones) a run without --steps is refused rather than started."""
+    import torch
+
+    if cfg.device.startswith("cuda") or (cfg.device == "auto" and torch.cuda.is_available()):
+        return GPU_DEFAULT_STEPS
+    raise ConfigError(f"--steps not given: on a CPU, MeZO's {GPU_DEFAULT_STEPS:,} steps would take many hours; pass "
+                      "--steps N (the demo recipe uses 150: zoft train mezo-sst2) or a recipe (zoft recipes)")
+
+
 def finalize(cfg: TrainConfig) -> TrainConfig:
     """Fill the 'None → derived' fields so config.yaml records the values the run actually used."""
     from zoft.algos import get_algorithm
@@ -477,6 +502,7 @@ def finalize(cfg: TrainConfig) -> TrainConfig:
     # record the algorithm's defaults so config.yaml says what the run used
     cfg.algo_options = resolve_options(algo.__name__, algo.options,
                                        {k: v for k, v in cfg.algo_options.items() if k in own})
+    cfg.steps = _default_steps(cfg) if cfg.steps is None else cfg.steps
     cfg.eval_every = max(cfg.steps // 5, 1) if cfg.eval_every is None else cfg.eval_every
     cfg.save_every = cfg.eval_every if cfg.save_every is None else cfg.save_every
     cfg.micro_batch_size = cfg.micro_batch_size or cfg.batch_size
