@@ -31,8 +31,8 @@ import torch
 from zoft import __version__, trajectory
 from zoft.algos import NonFiniteLossError, trainable_parameters
 from zoft.builders import Placement, build_model, build_optimizer, build_task, place
-from zoft.checkpoint import latest_checkpoint, load_optimizer_state, load_weights_into, prune_checkpoints, \
-    read_state, save_checkpoint
+from zoft.checkpoint import latest_checkpoint, link_tree, load_optimizer_state, load_weights_into, \
+    prune_checkpoints, read_state, save_checkpoint, share_files
 from zoft.config import TrainConfig, finalize, to_yaml
 from zoft.errors import ConfigError
 from zoft.memory import peak_memory, reset_peak_memory
@@ -480,7 +480,9 @@ def finish(run: Run) -> dict[str, Any]:
     save(run, out / "final")
     if state.best_step is None:  # no dev evaluation: the final weights are the best we know
         state.best_step = cfg.steps
-        shutil.copytree(out / "final", out / "best", dirs_exist_ok=True)
+        link_tree(out / "final", out / "best")
+    elif state.best_step == cfg.steps and (out / "best").is_dir():
+        share_files(out / "final", out / "best")  # the same weights: one copy on disk
     summary = _final_eval(run)
     summary["peak_memory_bytes"] = peak_memory(run.device)
     if run.world.active:
