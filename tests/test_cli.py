@@ -292,3 +292,15 @@ def test_algorithm_names_take_any_case_and_underscores():
     from zoft.algos import TeZOAdam, get_algorithm
 
     assert get_algorithm("TeZO-Adam") is get_algorithm("tezo_adam") is TeZOAdam
+
+
+def test_env_reports_what_a_bug_report_needs():
+    import torch
+
+    result = runner.invoke(app, ["env", "--json"])
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.output)
+    assert data["packages"]["torch"] == torch.__version__ and data["packages"]["transformers"]
+    assert data["cuda"]["available"] == torch.cuda.is_available() and "cache_dir" in data
+    table = runner.invoke(app, ["env"])
+    assert table.exit_code == 0 and "bitsandbytes" in table.output and "cache dir" in table.output

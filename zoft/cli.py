@@ -484,6 +484,33 @@ def list_cmd(
         out.print(table)
 
 
+@app.command("env", epilog="[bold]Examples[/]\n\n  zoft env   [dim]# paste into a bug report[/]\n\n  zoft env "
+             "--json")
+def env_cmd(as_json: Annotated[bool, typer.Option("--json", help="Print as JSON.")] = False) -> None:
+    """Show what a bug report needs: versions of zoft, torch, transformers, peft, bitsandbytes, triton, ..., CUDA
+    and the GPUs, CPU threads, offline switches and the cache dir."""
+    from zoft.environment import collect
+
+    data = collect()
+    if as_json:
+        out.print_json(json.dumps(data))
+        return
+    table = Table(title=f"zoft {data['zoft']}", title_justify="left", show_header=False)
+    table.add_column("what")
+    table.add_column("value")
+    rows = [("python", data["python"]), ("platform", data["platform"])]
+    rows += [(name, version or "not installed") for name, version in data["packages"].items()]
+    cuda = data["cuda"]
+    rows.append(("CUDA", f"torch built with {cuda['torch_built_with']}; available: {cuda['available']}"
+                 if cuda["torch_built_with"] else "torch built without CUDA (CPU only)"))
+    rows += [(f"GPU {g['index']}", f"{g['name']}, {g['memory_gib']} GiB, sm {g['capability']}") for g in cuda["gpus"]]
+    rows += [("CPU threads", str(data["cpu_threads"])), ("cache dir", data["cache_dir"])]
+    rows += [(key, value) for key, value in data["env"].items() if value is not None]
+    for row in rows:
+        table.add_row(*row)
+    out.print(table)
+
+
 recipes_app = typer.Typer(help="The recipes shipped with zoft: list them, or copy one to edit (`zoft train NAME` "
                           "runs one from any directory).", rich_markup_mode="rich",
                           context_settings={"help_option_names": ["-h", "--help"]})
