@@ -407,7 +407,7 @@ def _evaluate_and_save(run: Run, done: int) -> None:
         if result["selection"] < state.best_dev_loss:
             state.best_dev_loss, state.best_dev_metric, state.best_step = result["selection"], result[run.metric], done
             save(run, run.out / "best")
-        plot_metrics(run.metrics.records, run.out / "loss.png")
+        plot_metrics(run.metrics.records, run.out / "loss.png", dataclasses.asdict(cfg))
     if cfg.save_every and done % cfg.save_every == 0 and done < cfg.steps and run.world.main:
         save(run, run.out / f"checkpoint-{done}")
         prune_checkpoints(run.out, cfg.keep_last)
@@ -491,7 +491,7 @@ def finish(run: Run) -> dict[str, Any]:
         _write_merged(run.model, run.tokenizer, out / "final")
     run.metrics.write({"event": "end", "step": cfg.steps, **summary["eval"],
                        "peak_memory_bytes": summary["peak_memory_bytes"]})
-    plot_metrics(run.metrics.records, out / "loss.png")
+    plot_metrics(run.metrics.records, out / "loss.png", dataclasses.asdict(cfg))
     (out / "summary.json").write_text(json.dumps(summary, indent=1))
     run.world.close()
     return summary
