@@ -41,8 +41,8 @@ ALGOS = {
     "hizoo": ("HiZOO full fine-tuning", {"algo": "hizoo", "lr": "1.0e-6", "eps": "1.0e-3",
                                          "hessian_smooth": "1.0e-6"}, "hessian_smooth=1e-6,1e-8",
               "HiZOO's paper (arXiv 2402.15173) gives no per-task OPT-13B table: its headline "
-              "claims are up to +5.1 points over MeZO (OPT-66B) and fewer steps on SST-2; the README example uses "
-              "lr 1e-6 with alpha 1e-8, zoft's default alpha 1e-6 is used here (README, 'HiZOO and HiZOO-L'). "
+              "claims are up to +5.1 points over MeZO (OPT-66B) and fewer steps on SST-2; the HiZOO repository's README example uses "
+              "lr 1e-6 with alpha 1e-8, zoft's default alpha 1e-6 is used here (docs/results.md, 'HiZOO and HiZOO-L'). "
               "MeZO's number for reference: {score}"),
     "tezo-adam": ("TeZO-Adam full fine-tuning (rank 32)", {"algo": "tezo-adam", "lr": "1.0e-5", "eps": "1.0e-3",
                                                           "rank": "32"}, "lr=1e-4,3e-5,1e-5,3e-6",
