@@ -306,3 +306,95 @@ def custom_generation_task(
     converter = _GenConverter(template, target_field)
     return _file_task(f"custom generation task from {train_path.name}: {template!r} -> {target_field}", converter,
                       (train_path, train_records), (eval_path, eval_records), metric="f1", objective="generation")
+
+
+# -- chat and instruction data -----------------------------------------------------------------------------------
+#: Alpaca's prompt (Taori et al. 2023), with and without its input paragraph
+ALPACA_PROMPT = ("Below is an instruction that describes a task{paired}. Write a response that appropriately "
+                 "completes the request.\n\n### Instruction:\n{instruction}\n\n{input}### Response:\n")
+CHAT_ROLES = ("system", "user", "assistant")
+
+
+def data_format(path_arg: str | Path) -> str | None:
+    """"messages" for chat rows (a `messages` list of role/content turns), "instruction" for Alpaca-style
+    instruction/input/output rows, None for anything else (classification or prompt/target columns)."""
+    path, records = _read_custom_file(path_arg, "--data-file")
+    columns = set(records[0])
+    if "messages" in columns:
+        return "messages"
+    if {"instruction", "output"} <= columns:
+        return "instruction"
+    return None
+
+
+class _ChatConverter:
+    """A `messages` row as a generation example: the prompt is every turn but the last, through the tokenizer's chat
+    template with the assistant's header; the target is the rest of the templated conversation (the last assistant
+    turn with the template's end-of-turn), so the loss falls on the assistant turn only."""
+
+    def __init__(self, tokenizer):
+        self.tokenizer = tokenizer
+
+    def __call__(self, record: dict) -> GenExample:
+        return self.convert(record, "a record", "the data file")
+
+    def convert(self, record: dict, where: str, file_name: str) -> GenExample:
+        messages = record.get("messages")
+        if not isinstance(messages, list) or len(messages) < 2:
+            raise TaskDataError(f"{where} of {file_name}: 'messages' must be a list of at least two turns (a user "
+                                "turn and the assistant's answer)")
+        for turn in messages:
+            if not (isinstance(turn, dict) and turn.get("role") in CHAT_ROLES and isinstance(turn.get("content"), str)):
+                raise TaskDataError(f"{where} of {file_name}: every turn needs a role ({', '.join(CHAT_ROLES)}) and "
+                                    f"a text content; got {str(turn)[:80]}")
+        if messages[-1]["role"] != "assistant" or not messages[-1]["content"].strip():
+            raise TaskDataError(f"{where} of {file_name}: the last turn must be a non-empty assistant turn (the one "
+                                "zoft trains on)")
+        prompt = self.tokenizer.apply_chat_template(messages[:-1], tokenize=False, add_generation_prompt=True)
+        full = self.tokenizer.apply_chat_template(messages, tokenize=False)
+        answer = messages[-1]["content"].strip()
+        target = full[len(prompt):] if full.startswith(prompt) else answer + "\n"
+        return GenExample(prompt=prompt, target=target, answers=(answer,))
+
+
+class _InstructionConverter:
+    """An Alpaca-style instruction/input/output row as a generation example with Alpaca's prompt."""
+
+    def __call__(self, record: dict) -> GenExample:
+        return self.convert(record, "a record", "the data file")
+
+    def convert(self, record: dict, where: str, file_name: str) -> GenExample:
+        instruction = str(record.get("instruction") or "").strip()
+        output = str(record.get("output") or "").strip()
+        if not instruction or not output:
+            raise TaskDataError(f"{where} of {file_name} has an empty 'instruction' or 'output'; fill or drop the row")
+        extra = str(record.get("input") or "").strip()
+        prompt = ALPACA_PROMPT.format(paired=", paired with an input that provides further context" if extra else "",
+                                      instruction=instruction, input=f"### Input:\n{extra}\n\n" if extra else "")
+        return GenExample(prompt=prompt, target=f"{output}\n", answers=(output,))
+
+
+def custom_chat_task(data_file: str | Path, tokenizer, eval_file: str | Path | None = None) -> Task:
+    """A generation task from chat rows (`{"messages": [{"role": "user", "content": ...}, {"role": "assistant",
+    ...}]}`), formatted by `tokenizer`'s chat template; trained on the last assistant turn, evaluated like SQuAD
+    (greedy decoding, token F1 / exact match against that turn's text).
+
+    Raises:
+        TaskDataError: The tokenizer has no chat template, or a row is malformed (naming it).
+    """
+    if not getattr(tokenizer, "chat_template", None):
+        raise TaskDataError(f"--data-file {Path(data_file).name} holds chat 'messages', but the model's tokenizer "
+                            "has no chat template; use a chat model, or prompt/target columns (--prompt-field, "
+                            "--target-field)")
+    train = _read_custom_file(data_file, "--data-file")
+    evaluation = _read_custom_file(eval_file, "--eval-file") if eval_file is not None else (None, None)
+    return _file_task(f"custom chat task from {train[0].name}: the last assistant turn", _ChatConverter(tokenizer),
+                      train, evaluation, metric="f1", objective="generation")
+
+
+def custom_instruction_task(data_file: str | Path, eval_file: str | Path | None = None) -> Task:
+    """A generation task from Alpaca-style rows (instruction, optional input, output) with Alpaca's prompt."""
+    train = _read_custom_file(data_file, "--data-file")
+    evaluation = _read_custom_file(eval_file, "--eval-file") if eval_file is not None else (None, None)
+    return _file_task(f"custom instruction task from {train[0].name}: instruction/input -> output",
+                      _InstructionConverter(), train, evaluation, metric="f1", objective="generation")
