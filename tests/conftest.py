@@ -44,16 +44,18 @@ def build_tokenizer():
 
 
 def build_model(kind: str, vocab_size: int):
-    """A 2-layer, hidden-32 OPT or Llama with deterministic weights."""
+    """A 2-layer, hidden-32 OPT or Llama with deterministic weights; "llama64": hidden 64, as bitsandbytes' CPU 4-bit
+    layers need (rows of at least one 64-element block)."""
     from transformers import LlamaConfig, LlamaForCausalLM, OPTConfig, OPTForCausalLM
 
     torch.manual_seed(0)
-    common = dict(vocab_size=vocab_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+    hidden = 64 if kind == "llama64" else 32
+    common = dict(vocab_size=vocab_size, hidden_size=hidden, num_hidden_layers=2, num_attention_heads=4,
                   max_position_embeddings=256, pad_token_id=0, bos_token_id=1, eos_token_id=2)
     if kind == "opt":
         model = OPTForCausalLM(OPTConfig(ffn_dim=64, word_embed_proj_dim=32, dropout=0.1, **common))
     else:
-        model = LlamaForCausalLM(LlamaConfig(intermediate_size=64, num_key_value_heads=2, **common))
+        model = LlamaForCausalLM(LlamaConfig(intermediate_size=2 * hidden, num_key_value_heads=2, **common))
     return model.eval()
 
 
@@ -73,9 +75,9 @@ def tokenizer():
 
 @pytest.fixture(scope="session")
 def tiny_model_dirs(tmp_path_factory, tokenizer) -> dict[str, Path]:
-    """{'opt': dir, 'llama': dir}: HF model dirs (safetensors + tokenizer) of the tiny models."""
+    """{'opt': dir, 'llama': dir, 'llama64': dir}: HF model dirs (safetensors + tokenizer) of the tiny models."""
     dirs = {}
-    for kind in ("opt", "llama"):
+    for kind in ("opt", "llama", "llama64"):
         path = tmp_path_factory.mktemp(f"tiny-{kind}")
         build_model(kind, len(tokenizer)).save_pretrained(path)
         tokenizer.save_pretrained(path)
@@ -84,19 +86,9 @@ def tiny_model_dirs(tmp_path_factory, tokenizer) -> dict[str, Path]:
 
 
 @pytest.fixture(scope="session")
-def tiny_llama_64(tmp_path_factory, tokenizer) -> Path:
+def tiny_llama_64(tiny_model_dirs) -> Path:
     """Hidden 64: bitsandbytes' CPU 4-bit kernels need rows of at least one 64-element block."""
-    from transformers import LlamaConfig, LlamaForCausalLM
-
-    torch.manual_seed(0)
-    model = LlamaForCausalLM(LlamaConfig(vocab_size=len(tokenizer), hidden_size=64, intermediate_size=128,
-                                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-                                         max_position_embeddings=256, pad_token_id=0, bos_token_id=1,
-                                         eos_token_id=2))
-    path = tmp_path_factory.mktemp("tiny-llama-64")
-    model.save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
+    return tiny_model_dirs["llama64"]
 
 
 #: what a run of an algorithm restricted to some tuning modes (its `modes`) adds to its flags, and the tiny model it

@@ -195,7 +195,7 @@ _BAD_FILES = {
     (["--data-file", "{ok.jsonl}", "--verbalizer", "0=a,1=b", "--batch-size", "64", "--num-train", "12",
       "--num-dev", "4"], "--batch-size 64 exceeds the 12 train examples"),
     (["--data-file", "{ok.jsonl}", "--verbalizer", "0=a,1=b", "--num-dev", "4"], "no rows of"),
-    (["--data-file", "{ok.jsonl}", "--verbalizer", "0=a,1=b", "--mode", "adapter"], "--mode adapter: choose"),
+    (["--data-file", "{ok.jsonl}", "--verbalizer", "0=a,1=b", "--mode", "adapter"], "--mode adapter: unknown mode"),
     (["--data-file", "{ok.jsonl}", "--verbalizer", "0=a,1=b", "--max-bad-steps", "0"], "--max-bad-steps must be > 0"),
     (["--data-file", "{ok.jsonl}", "--verbalizer", "0=a,1=b", "--load-in-8bit", "--load-in-4bit"], "contradict"),
 ])

@@ -30,7 +30,7 @@ def _torchrun(entry, *args, env=None):
     return subprocess.run(cmd, cwd=ROOT, env=env or _env(), capture_output=True, text=True, timeout=300)
 
 
-@pytest.mark.parametrize("algo", ["mezo", "hizoo"])
+@pytest.mark.parametrize("algo", ["mezo", pytest.param("hizoo", marks=pytest.mark.slow)])  # ~25 s each
 def test_two_ranks_equal_one_process_and_each_other(algo, tiny_model_dirs, tmp_path):
     model_dir = tiny_model_dirs["llama"]
     extra = ("--algo", algo, *(("--hessian-smooth", "0.01") if algo == "hizoo" else ()))

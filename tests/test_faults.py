@@ -87,7 +87,10 @@ def _trial(algo: str, phase: str, n: int, model_dir: Path, out: Path, reference)
     return max(done - start, 0)
 
 
-@pytest.mark.parametrize("algo,phase,n", [("mezo", "step", 9), ("hizoo", "save", 3), ("tezo-adam", "eval", 3)])
+# one kill point in the default suite; the others (a save, an evaluation) behind -m slow: each costs ~25 s
+@pytest.mark.parametrize("algo,phase,n", [("mezo", "step", 9),
+                                          pytest.param("hizoo", "save", 3, marks=pytest.mark.slow),
+                                          pytest.param("tezo-adam", "eval", 3, marks=pytest.mark.slow)])
 def test_sigkill_then_resume_is_bitwise_exact(algo, phase, n, tiny_model_dirs, tmp_path, references):
     _trial(algo, phase, n, tiny_model_dirs["llama"], tmp_path / "run", references)
 

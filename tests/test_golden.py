@@ -63,6 +63,8 @@ RUNS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "fzoo": ("llama", ("--algo", "fzoo", "--fzoo-probes", "3", "--lr", "1e-3", "--weight-decay", "0.1"), "cli"),
     "sparse-mezo": ("opt", ("--algo", "sparse-mezo", "--sparsity", "0.5", "--lr", "1e-3", "--weight-decay", "0.1"),
                     "cli"),
+    "qzo": ("llama64", ("--algo", "qzo", "--mode", "scales", "--load-in-4bit", "--lr", "1e-3", "--qzo-clip", "5"),
+            "cli"),
     "fo-adam": ("llama", ("--algo", "fo-adam", "--lr", "1e-4"), "cli"),
     "mezo-lora": ("opt", ("--algo", "mezo", "--mode", "lora", "--lora-r", "4"), "cli"),
     "zo-adam-lora": ("llama", ("--algo", "zo-adam", "--mode", "lora"), "cli"),
@@ -198,7 +200,7 @@ def _write(only_missing: bool = False) -> None:
         tmp = Path(tmp)
         tokenizer = build_tokenizer()
         dirs = {}
-        for kind in ("opt", "llama"):
+        for kind in ("opt", "llama", "llama64"):
             dirs[kind] = tmp / f"tiny-{kind}"
             build_model(kind, len(tokenizer)).save_pretrained(dirs[kind])
             tokenizer.save_pretrained(dirs[kind])
