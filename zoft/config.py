@@ -123,7 +123,7 @@ class TrainConfig:
                             "it bf16 weights random-walk: 3.8 % RMS after 100 perturb/restore cycles on SmolLM2.",
                             ALGO, trajectory=True)
     # Training
-    steps: int | None = knob(None, "ZO steps. Default: MeZO's 20,000 on a GPU; on a CPU, where that takes days, "
+    steps: int | None = knob(None, "ZO steps. Default: MeZO's 20,000 on a GPU; on a CPU, where that takes many hours, "
                              "give --steps or a recipe (zoft recipes).", TRAIN, "20000 on a GPU")
     batch_size: int = knob(16, "Examples per step (each expands to one row per candidate).", TRAIN, trajectory=True)
     micro_batch_size: int | None = knob(None, "Examples per forward (exact accumulation under one perturbation).",
