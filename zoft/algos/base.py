@@ -16,7 +16,7 @@ An algorithm is one class that declares, and nothing else needs to know:
 - **its options** (`options`: a tuple of `zoft.algos.options.Option`), from which the registry derives the recipe
   keys, the `zoft train` flags and `--help`, `estimate-memory` and the resume check;
 - **its probes**: the moves before each forward in multiples of ε (`probes`, MeZO's (1, −2) is θ+εZ then θ−εZ)
-  and its direction, dense z unless it overrides `perturb` and `perturb_tensor`;
+  and its direction, dense z unless it overrides `perturb_tensor` (`perturb` then loops it over the tensors);
 - **its estimate** (`estimate`): how the probe losses become the step's scalars, the loss it reports and logs;
 - **its update** (`update_tensor`): P3 of one tensor, the restore of the last probe fused with the update, from
   the step's scalars, the tensor and its own state (`update_all` may fuse all tensors, bitwise the same);
@@ -230,8 +230,15 @@ class ZOOptimizer(torch.optim.Optimizer):
 
     @torch.no_grad()
     def perturb(self, seed: int, scale: float, direction: int = 0) -> None:
-        """θ ← θ + scale·Z(seed) in place: one pass along the algorithm's direction (dense z here)."""
-        self.engine.add_(seed, scale, direction)
+        """θ ← θ + scale·Z(seed) in place: one pass along the algorithm's direction. With the engine's dense z it
+        is the engine's fused pass; an algorithm that defines its own direction per tensor (`perturb_tensor`: low-rank,
+        masked, Rademacher) gets one pass of that over every tensor, and overrides this only to fuse it."""
+        if type(self).perturb_tensor is ZOOptimizer.perturb_tensor:
+            self.engine.add_(seed, scale, direction)
+            return
+        self.engine.count_pass()
+        for i in range(len(self.tensors)):
+            self.perturb_tensor(i, seed, scale, direction)
 
     @torch.no_grad()
     def perturb_tensor(self, index: int, seed: int, scale: float, direction: int = 0) -> None:

@@ -54,11 +54,6 @@ class FZOO(ZOOptimizer):
         z = self.engine.noise(index, seed, probe=direction)
         self.ops.add_(self.tensors[index], z.sign_(), scale)
 
-    @torch.no_grad()
-    def perturb(self, seed: int, scale: float, direction: int = 0) -> None:
-        self.engine.count_pass()
-        for i in range(len(self.tensors)):
-            self.perturb_tensor(i, seed, scale, direction)
 
     def estimate(self, losses: list[float]) -> Estimate:
         probe_losses, loss0 = losses[:-1], losses[-1]

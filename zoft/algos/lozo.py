@@ -107,11 +107,6 @@ class LOZO(ZOOptimizer):
         else:
             self.engine.axpy_(index, seed, scale, direction)
 
-    @torch.no_grad()
-    def perturb(self, seed: int, scale: float, direction: int = 0) -> None:
-        self.engine.count_pass()
-        for i in range(len(self.tensors)):
-            self.perturb_tensor(i, seed, scale, direction)
 
     # -- P3 ---------------------------------------------------------------------------------------------------
     def update_tensor(self, index: int, seed: int, record: dict, t: int) -> None:

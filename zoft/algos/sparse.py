@@ -149,11 +149,6 @@ class SparseMeZO(ZOOptimizer):
     def perturb_tensor(self, index: int, seed: int, scale: float, direction: int = 0) -> None:
         self.ops.add_(self.tensors[index], self.masked_noise(index, seed), scale)
 
-    @torch.no_grad()
-    def perturb(self, seed: int, scale: float, direction: int = 0) -> None:
-        self.engine.count_pass()
-        for i in range(len(self.tensors)):
-            self.perturb_tensor(i, seed, scale, direction)
 
     def update_tensor(self, index: int, seed: int, record: dict[str, Any], t: int) -> None:
         p, c, lr = self.tensors[index], self.decay_factor(index), self.hyper(index)["lr"]

@@ -221,12 +221,6 @@ class TeZO(ZOOptimizer):
         else:
             self.engine.axpy_(index, seed, scale, direction)
 
-    @torch.no_grad()
-    def perturb(self, seed: int, scale: float, direction: int = 0) -> None:
-        """θ ← θ + scale·Z_t (one pass)."""
-        self.engine.count_pass()
-        for i in range(len(self.tensors)):
-            self.perturb_tensor(i, seed, scale, direction)
 
     # -- P3 -----------------------------------------------------------------------------------------------
     def update_tensor(self, index: int, seed: int, record: dict, t: int) -> None:
