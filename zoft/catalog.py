@@ -3,11 +3,10 @@
 
 from __future__ import annotations
 
-import difflib
 from pathlib import Path
 from typing import Any
 
-from zoft.errors import ConfigError
+from zoft.errors import ConfigError, did_you_mean
 
 #: the shipped recipes, inside the installed package
 RECIPES_DIR = Path(__file__).resolve().parent / "recipes"
@@ -39,8 +38,7 @@ def find_recipe(arg: str | Path, recipes_dir: Path = RECIPES_DIR) -> Path:
         return names[by_stem[0] if len(by_stem) == 1 else f"{DEFAULT_RECIPE_MODEL}/{name}"]
     if by_stem:
         raise ConfigError(f"recipe {arg}: shipped for several models; name one of {', '.join(by_stem)}")
-    close = difflib.get_close_matches(name, list(names) + sorted({k.rsplit('/', 1)[-1] for k in names}), n=3)
-    hint = f" (did you mean {' or '.join(close)}?)" if close else ""
+    hint = did_you_mean(name, list(names) + sorted({k.rsplit("/", 1)[-1] for k in names}), n=3)
     raise ConfigError(f"recipe {arg}: no such file, and no shipped recipe of that name{hint}; `zoft recipes` lists "
                       "them")
 

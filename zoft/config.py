@@ -10,7 +10,6 @@ these keys; unknown keys and wrong types are errors that name the key. The fully
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import math
 import types
 import typing
@@ -20,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from zoft.errors import ConfigError
+from zoft.errors import ConfigError, did_you_mean
 
 __all__ = ["ConfigError", "TrainConfig", "check_keys", "check_value", "finalize", "known_keys", "load_recipe",
            "resolve", "to_yaml", "trajectory_keys", "validate"]
@@ -210,9 +209,7 @@ def check_value(key: str, value: Any, source: str) -> Any:
     options = _options()
     if key in options:
         return _coerce(key, options[key][0].type | None, value, source)
-    keys = known_keys()
-    close = [_HF_NAMES[key]] if key in _HF_NAMES else difflib.get_close_matches(str(key), keys, n=1)
-    hint = f" (did you mean '{close[0]}'?)" if close else ""
+    hint = f" (did you mean '{_HF_NAMES[key]}'?)" if key in _HF_NAMES else did_you_mean(key, known_keys(), quote="'")
     raise ConfigError(f"{source}: unknown key '{key}'{hint}")
 
 
@@ -299,14 +296,6 @@ def validate(cfg: TrainConfig, strict: tuple[str, ...] = ()) -> None:
     trackers.check_installed(trackers.parse(cfg.report_to))
 
 
-def did_you_mean(given: str, choices) -> str:
-    """" (did you mean X?)" for the closest choice, or "" when none is close."""
-    import difflib
-
-    close = difflib.get_close_matches(str(given).lower(), list(choices), n=1)
-    return f" (did you mean {close[0]}?)" if close else ""
-
-
 def _validate_numbers(cfg: TrainConfig) -> None:
     for key in FIELDS:  # nan < 0 and inf > 0 are both False/True the wrong way: check finiteness first
         value = getattr(cfg, key)
@@ -336,7 +325,7 @@ def _validate_numbers(cfg: TrainConfig) -> None:
 
 def _validate_algorithm(cfg: TrainConfig, strict: tuple[str, ...] = ()) -> None:
     """The algorithm, its own options (others' options refused by name), and what its capabilities rule out."""
-    from zoft.algos import check_owners, get_algorithm
+    from zoft.algos import check_mode, check_owners, get_algorithm
     from zoft.algos.options import resolve as resolve_options
     from zoft.perturb import NOISE_KINDS
 
@@ -345,12 +334,7 @@ def _validate_algorithm(cfg: TrainConfig, strict: tuple[str, ...] = ()) -> None:
     own = {o.name for o in cls.options}
     cls.check_options(resolve_options(cls.__name__, cls.options,
                                       {k: v for k, v in cfg.algo_options.items() if k in own}))
-    if cls.modes and cfg.mode not in cls.modes:
-        raise ConfigError(f"--algo {cfg.algo} runs in --mode {' or '.join(cls.modes)} only, not {cfg.mode}: add "
-                          f"--mode {cls.modes[0]}" + (" --load-in-4bit" if cls.modes[0] == "scales" else ""))
-    if cls.first_order and cfg.mode == "scales":
-        raise ConfigError(f"--algo {cfg.algo} backpropagates, and NF4 scales get no gradient through bitsandbytes; "
-                          "use a ZO algorithm with --mode scales")
+    check_mode(cfg.algo, cfg.mode)
     if cls.first_order:
         if cfg.objective != "ce":
             raise ConfigError(f"--algo {cfg.algo} backpropagates, and --objective {cfg.objective} has no gradient; "
@@ -374,7 +358,7 @@ def _validate_task(cfg: TrainConfig) -> None:
     from zoft.tasks import TASKS
 
     if cfg.task != "custom" and cfg.task not in TASKS:
-        raise ConfigError(f"--task {cfg.task}: unknown task{did_you_mean(cfg.task, [*TASKS, 'custom'])}; choose "
+        raise ConfigError(f"--task {cfg.task}: unknown task{did_you_mean(cfg.task.lower(), [*TASKS, 'custom'])}; choose "
                           f"from {', '.join([*TASKS, 'custom'])}")
     if cfg.task == "custom" and not cfg.data_file:
         raise ConfigError("--task custom needs --data-file (a jsonl or csv with text and label columns)")
@@ -401,10 +385,10 @@ def _validate_task(cfg: TrainConfig) -> None:
 
 
 def _validate_mode(cfg: TrainConfig) -> None:
-    from zoft.modes import MODES
+    from zoft.modes import MODES, check_scales_base
 
     if cfg.mode not in MODES:
-        raise ConfigError(f"--mode {cfg.mode}: unknown mode{did_you_mean(cfg.mode, MODES)}; choose {', '.join(MODES)}")
+        raise ConfigError(f"--mode {cfg.mode}: unknown mode{did_you_mean(cfg.mode.lower(), MODES)}; choose {', '.join(MODES)}")
     defaults = TrainConfig()
     for keys, modes in ((("lora_r", "lora_alpha", "lora_targets", "merge"), ("lora",)),
                         (("virtual_tokens",), ("prefix", "prompt")), (("prefix_init",), ("prefix",))):
@@ -426,9 +410,7 @@ def _validate_mode(cfg: TrainConfig) -> None:
         raise ConfigError(f"--mode full with {quantized}: int8/NF4 weights cannot take in-place float "
                           "perturbations (and re-quantising would erase them); use --mode scales (NF4: ZO on the "
                           "quantization scales), lora, prefix or prompt")
-    if cfg.mode == "scales" and not cfg.load_in_4bit:
-        raise ConfigError("--mode scales trains the per-block scales of an NF4 base: add --load-in-4bit"
-                          + (" (not --load-in-8bit)" if cfg.load_in_8bit else ""))
+    check_scales_base(cfg.mode, "8bit" if cfg.load_in_8bit else "4bit" if cfg.load_in_4bit else None)
     if quantized and cfg.merge:
         raise ConfigError(f"--merge with {quantized}: adapters cannot be merged into quantized weights; drop "
                           "--merge (final/ keeps the adapter)")

@@ -246,8 +246,8 @@ def _offload(req: MemoryRequest, model, opt, shape: Shape, rows: int, nbytes: in
 
 def _check(req: MemoryRequest):
     """Refuse what cannot be estimated, naming the flag; returns the algorithm class."""
-    from zoft.algos import get_algorithm
-    from zoft.modes import MODES
+    from zoft.algos import check_mode, get_algorithm
+    from zoft.modes import MODES, check_scales_base
     from zoft.perturb import NOISE_KINDS
 
     cls = get_algorithm(req.algo)
@@ -258,11 +258,8 @@ def _check(req: MemoryRequest):
     if req.quantize and req.mode == "full":
         raise ConfigError(f"--mode full with --load-in-{req.quantize}: quantized weights cannot be perturbed in "
                           "place; use --mode scales (NF4), lora, prefix or prompt")
-    if req.mode == "scales" and req.quantize != "4bit":
-        raise ConfigError("--mode scales trains the per-block scales of an NF4 base: add --load-in-4bit")
-    if cls.modes and req.mode not in cls.modes:
-        raise ConfigError(f"--algo {req.algo} runs in --mode {' or '.join(cls.modes)} only: add --mode "
-                          f"{cls.modes[0]}")
+    check_scales_base(req.mode, req.quantize)
+    check_mode(req.algo, req.mode)
     if req.dtype not in DTYPE_BYTES:
         raise ConfigError(f"--dtype {req.dtype}: choose from auto, {', '.join(DTYPE_BYTES)}")
     for flag, value in (("--batch-size", req.batch_size), ("--seq-len", req.seq_len),

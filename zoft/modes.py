@@ -29,6 +29,8 @@ import torch
 from torch import nn
 from transformers.modeling_outputs import CausalLMOutput
 
+from zoft.errors import ConfigError
+
 MODES = ("full", "lora", "prefix", "prompt", "scales")
 ADAPTER_FILE = "zoft_adapter.safetensors"
 ADAPTER_CONFIG = "zoft_adapter.json"
@@ -39,6 +41,13 @@ ADAPTER_CONFIG = "zoft_adapter.json"
 #: (a scale's gradient sums its 64 weights'), zoft's choice: QZO's reference code was not available
 MODE_DEFAULTS = {"lora": (1e-4, 1e-2), "prefix": (1e-2, 1e-1), "prompt": (1e-3, 1e-1), "scales": (1e-5, 1e-3)}
 DEFAULT_VIRTUAL_TOKENS = {"prefix": 5, "prompt": 10}
+
+
+def check_scales_base(mode: str, quantize: str | None) -> None:
+    """`--mode scales` trains the scales of an NF4 base: refuse it over any other base, naming the flag."""
+    if mode == "scales" and quantize not in ("4bit", "4bit-scales"):
+        raise ConfigError("--mode scales trains the per-block scales of an NF4 base: add --load-in-4bit"
+                          + (" (not --load-in-8bit)" if quantize == "8bit" else ""))
 
 
 class _Virtual(nn.Module):

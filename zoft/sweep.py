@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from zoft.config import TrainConfig, check_value, known_keys, load_recipe, resolve
-from zoft.errors import ConfigError
+from zoft.errors import ConfigError, did_you_mean
 
 
 @dataclass
@@ -35,10 +35,7 @@ def _key(raw: str, flag: str) -> str:
     key = raw.strip().lstrip("-").replace("-", "_")
     keys = known_keys()
     if key not in keys:
-        import difflib
-
-        close = difflib.get_close_matches(key, keys, n=1)
-        hint = f" (did you mean '{close[0]}'?)" if close else ""
+        hint = did_you_mean(key, keys, quote="'")
         raise ConfigError(f"{flag} {raw}: unknown key '{key}'{hint}")
     if key in ("output_dir", "overwrite", "resume"):
         raise ConfigError(f"{flag} {raw}: '{key}' is set by the sweep itself")

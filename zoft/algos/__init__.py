@@ -6,8 +6,6 @@ train` flags and help, the resume check), its capabilities and its `zoft list` r
 
 from __future__ import annotations
 
-import difflib
-
 from zoft.algos.base import Estimate, ZOOptimizer, decays, trainable_parameters
 from zoft.algos.cons import ZOSGDCons
 from zoft.algos.first_order import FirstOrderAdam
@@ -21,7 +19,7 @@ from zoft.algos.sign import ZOSGDSign
 from zoft.algos.sparse import SparseMeZO
 from zoft.algos.subzero import SubZero
 from zoft.algos.tezo import TeZO, TeZOAdam, TeZOM
-from zoft.errors import ConfigError
+from zoft.errors import ConfigError, did_you_mean
 from zoft.runner import NonFiniteLossError
 
 #: name on the command line → optimizer class (its `summary` is the one-line help)
@@ -72,6 +70,18 @@ def check_owners(algo: str, options: dict, strict: tuple[str, ...] = ()) -> None
             raise ConfigError(f"{option.flag} applies to --algo {' or '.join(takers)}, not {canonical(algo)}")
 
 
+def check_mode(algo: str, mode: str) -> None:
+    """Refuse a tuning mode the algorithm cannot run in (its `modes`; first-order steps and NF4 scales), naming the
+    flags to add: `zoft train` and `zoft estimate-memory` both ask here before anything loads."""
+    cls = get_algorithm(algo)
+    if cls.modes and mode not in cls.modes:
+        raise ConfigError(f"--algo {canonical(algo)} runs in --mode {' or '.join(cls.modes)} only, not {mode}: add "
+                          f"--mode {cls.modes[0]}" + (" --load-in-4bit" if cls.modes[0] == "scales" else ""))
+    if cls.first_order and mode == "scales":
+        raise ConfigError(f"--algo {canonical(algo)} backpropagates, and NF4 scales get no gradient through "
+                          "bitsandbytes; use a ZO algorithm with --mode scales")
+
+
 def canonical(name: str) -> str:
     """The registry name of an algorithm given in any case, with '_' for '-'."""
     return name.strip().lower().replace("_", "-")
@@ -81,13 +91,12 @@ def get_algorithm(name: str, flag: str = "--algo") -> type[ZOOptimizer]:
     """The class registered as `name` (case and '_'/'-' insensitive); ConfigError with a suggestion otherwise."""
     cls = ALGORITHMS.get(canonical(name))
     if cls is None:
-        close = difflib.get_close_matches(canonical(name), list(ALGORITHMS), n=1)
-        hint = f" (did you mean {close[0]}?)" if close else ""
-        raise ConfigError(f"{flag} {name}: unknown algorithm{hint}; choose from {', '.join(ALGORITHMS)}")
+        raise ConfigError(f"{flag} {name}: unknown algorithm{did_you_mean(canonical(name), ALGORITHMS)}; choose from "
+                          f"{', '.join(ALGORITHMS)}")
     return cls
 
 
 #: the registry's classes are exported by name (`zoft.algos.MeZO`, and lazily `zoft.MeZO`)
 __all__ = ["ALGORITHMS", "ConfigError", "Estimate", "NonFiniteLossError", "Option", "ZOOptimizer", "canonical",
-           "check_owners", "decays", "get_algorithm", "option_table", "trainable_parameters",
+           "check_mode", "check_owners", "decays", "get_algorithm", "option_table", "trainable_parameters",
            *sorted({cls.__name__ for cls in ALGORITHMS.values()})]
