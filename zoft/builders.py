@@ -64,21 +64,23 @@ def build_task(cfg: TrainConfig):
 
         return custom_generation_task(cfg.data_file, prompt_field=cfg.prompt_field, target_field=cfg.target_field,
                                       template=cfg.template, eval_file=cfg.eval_file)
-    if cfg.task == "custom" and cfg.text_field is None and cfg.verbalizer is None and cfg.template is None:
-        from zoft.tasks.custom import custom_chat_task, custom_instruction_task, data_format
+    if cfg.task != "custom":
+        return get_task(cfg.task)
+    train = cfg.data_file
+    if cfg.text_field is None and cfg.verbalizer is None and cfg.template is None:
+        from zoft.tasks.custom import custom_chat_task, custom_instruction_task, data_format, read_custom_file
 
-        kind = data_format(cfg.data_file)  # chat `messages` rows, or Alpaca-style instruction/input/output rows
+        train = read_custom_file(cfg.data_file)  # read once: its columns say the format, its rows make the task
+        kind = data_format(train)  # chat `messages` rows, or Alpaca-style instruction/input/output rows
         if kind == "messages":
             from zoft.models import load_tokenizer, resolve_model_path
 
             tokenizer = load_tokenizer(resolve_model_path(cfg.model), cfg.trust_remote_code)
-            return custom_chat_task(cfg.data_file, tokenizer, eval_file=cfg.eval_file)
+            return custom_chat_task(train, tokenizer, eval_file=cfg.eval_file)
         if kind == "instruction":
-            return custom_instruction_task(cfg.data_file, eval_file=cfg.eval_file)
-    if cfg.task == "custom":
-        return custom_task(cfg.data_file, text_field=cfg.text_field, label_field=cfg.label_field,
-                           verbalizer=cfg.verbalizer, template=cfg.template, eval_file=cfg.eval_file)
-    return get_task(cfg.task)
+            return custom_instruction_task(train, eval_file=cfg.eval_file)
+    return custom_task(train, text_field=cfg.text_field, label_field=cfg.label_field,
+                       verbalizer=cfg.verbalizer, template=cfg.template, eval_file=cfg.eval_file)
 
 
 def quantization(cfg: TrainConfig) -> str | None:

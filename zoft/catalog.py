@@ -21,6 +21,12 @@ def recipe_names(recipes_dir: Path = RECIPES_DIR) -> dict[str, Path]:
     return {str(p.relative_to(recipes_dir).with_suffix("")): p for p in sorted(recipes_dir.rglob("*.yaml"))}
 
 
+def recipe_rows(recipes_dir: Path = RECIPES_DIR) -> list[dict[str, str]]:
+    """The shipped recipes as `zoft list` and `zoft recipes` show them: name, path and header line."""
+    return [{"name": name, "path": str(path), "description": recipe_description(path)}
+            for name, path in recipe_names(recipes_dir).items()]
+
+
 def find_recipe(arg: str | Path, recipes_dir: Path = RECIPES_DIR) -> Path:
     """The recipe file `arg` names: a path that exists, else a shipped recipe by `<model>/<name>` or by a bare
     `<name>` (one model's, or the embedded default model's when several ship it); ConfigError with the close
@@ -88,7 +94,5 @@ def catalog(recipes_dir: Path = RECIPES_DIR, model: str | None = None) -> dict[s
     tasks.append({"name": "custom", "description": "your jsonl/csv: --data-file --text-field --label-field "
                   "--verbalizer --template (classification) or --prompt-field --target-field (generation)",
                   "metric": "accuracy / f1"})
-    recipes = [{"name": name, "path": str(path), "description": recipe_description(path)}
-               for name, path in recipe_names(recipes_dir).items()]
-    return {"algorithms": algorithms, "tasks": tasks, "recipes": recipes}
+    return {"algorithms": algorithms, "tasks": tasks, "recipes": recipe_rows(recipes_dir)}
 

@@ -527,9 +527,9 @@ def recipes_cmd(
     several models ship it)."""
     if ctx.invoked_subcommand is not None:
         return
-    from zoft.catalog import recipe_description, recipe_names
+    from zoft.catalog import recipe_rows
 
-    rows = [{"name": n, "path": str(p), "description": recipe_description(p)} for n, p in recipe_names().items()]
+    rows = recipe_rows()
     if as_json:
         out.print_json(json.dumps(rows))
         return

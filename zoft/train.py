@@ -318,6 +318,14 @@ class _Window:
     t_last: float = field(default_factory=time.perf_counter)
     tokens: int = 0  # tokens forwarded since start_step: each example's longest row, once per forward
 
+    def seconds(self, state: RunState) -> float:
+        """Time spent stepping since this session started (evaluations and saves excluded)."""
+        return max(state.train_s - self.train_s_start, 1e-9)
+
+    def rate(self, state: RunState) -> float:
+        """Steps per second of stepping in this session: the bar's speed and ETA, and the log lines'."""
+        return (state.step - self.start_step) / self.seconds(state)
+
 
 def steps(run: Run) -> None:
     """Steps from the run's state to `--steps`, with logs, evaluations, checkpoints and clean stops on signals."""
@@ -335,8 +343,8 @@ def steps(run: Run) -> None:
             state.elapsed_s += now - window.t_last
             window.t_last = now
             state.step = done = step + 1
-            rate = (done - window.start_step) / max(state.train_s - window.train_s_start, 1e-9)
-            bar.update(done, loss if loss is not None else float("nan"), run.opt.param_groups[0]["lr"], rate)
+            bar.update(done, loss if loss is not None else float("nan"), run.opt.param_groups[0]["lr"],
+                       window.rate(state))
             _log_train(run, done, window, bar)
             _evaluate_and_save(run, done)
             code = run.world.agree_stop(stop.get("code", 0), done)
@@ -387,12 +395,10 @@ def _log_train(run: Run, done: int, window: _Window, bar) -> None:
     cfg, state = run.cfg, run.state
     if not ((done % cfg.log_every == 0 or done == cfg.steps) and window.losses):
         return
-    seconds = max(state.train_s - window.train_s_start, 1e-9)
-    rate = (done - window.start_step) / seconds
     rec = {"event": "train", "step": done, "loss": sum(window.losses) / len(window.losses),
            "lr": run.opt.param_groups[0]["lr"], "projected_grad": run.opt.last.get("projected_grad"),
-           "forwards": run.opt.forwards, "elapsed_s": round(state.elapsed_s, 3), "steps_per_s": round(rate, 4),
-           "tokens_per_s": round(window.tokens / seconds, 1)}
+           "forwards": run.opt.forwards, "elapsed_s": round(state.elapsed_s, 3),
+           "steps_per_s": round(window.rate(state), 4), "tokens_per_s": round(window.tokens / window.seconds(state), 1)}
     run.metrics.write(rec)
     bar.log_line(done, cfg.steps, rec)
     window.losses.clear()

@@ -131,7 +131,10 @@ class _Converter:
         return Example(prompt=prompt, candidates=tuple(prefix + word for word in self.words), label=label)
 
 
-def _read_custom_file(path_arg: str | Path, flag: str) -> tuple[Path, list[dict]]:
+def _read_custom_file(path_arg: str | Path | tuple[Path, list[dict]], flag: str) -> tuple[Path, list[dict]]:
+    """(resolved path, rows) of a custom data file; a pair already read is returned as it is (read once)."""
+    if isinstance(path_arg, tuple):
+        return path_arg
     path = Path(path_arg).expanduser()
     if path.suffix.lower() not in _SUFFIXES:
         raise TaskDataError(f"{flag} {path_arg}: unsupported file type '{path.suffix}'; use .jsonl or .csv (with a header row)")
@@ -177,7 +180,7 @@ def _validate_rows(converter: _Converter, records: list[dict], path: Path) -> No
 
 
 def custom_task(
-    data_file: str | Path,
+    data_file: str | Path | tuple[Path, list[dict]],
     text_field: str | None = None,
     label_field: str = "label",
     verbalizer: str | None = None,
@@ -315,10 +318,16 @@ ALPACA_PROMPT = ("Below is an instruction that describes a task{paired}. Write a
 CHAT_ROLES = ("system", "user", "assistant")
 
 
-def data_format(path_arg: str | Path) -> str | None:
+def read_custom_file(path_arg: str | Path, flag: str = "--data-file") -> tuple[Path, list[dict]]:
+    """A custom data file's (resolved path, rows), to look at its format and build its task from one read."""
+    return _read_custom_file(path_arg, flag)
+
+
+def data_format(source: str | Path | tuple[Path, list[dict]]) -> str | None:
     """"messages" for chat rows (a `messages` list of role/content turns), "instruction" for Alpaca-style
-    instruction/input/output rows, None for anything else (classification or prompt/target columns)."""
-    path, records = _read_custom_file(path_arg, "--data-file")
+    instruction/input/output rows, None for anything else (classification or prompt/target columns). `source` is a
+    path or the pair `read_custom_file` returned."""
+    _, records = _read_custom_file(source, "--data-file")
     columns = set(records[0])
     if "messages" in columns:
         return "messages"
@@ -374,7 +383,8 @@ class _InstructionConverter:
         return GenExample(prompt=prompt, target=f"{output}\n", answers=(output,))
 
 
-def custom_chat_task(data_file: str | Path, tokenizer, eval_file: str | Path | None = None) -> Task:
+def custom_chat_task(data_file: str | Path | tuple[Path, list[dict]], tokenizer,
+                     eval_file: str | Path | None = None) -> Task:
     """A generation task from chat rows (`{"messages": [{"role": "user", "content": ...}, {"role": "assistant",
     ...}]}`), formatted by `tokenizer`'s chat template; trained on the last assistant turn, evaluated like SQuAD
     (greedy decoding, token F1 / exact match against that turn's text).
@@ -382,17 +392,18 @@ def custom_chat_task(data_file: str | Path, tokenizer, eval_file: str | Path | N
     Raises:
         TaskDataError: The tokenizer has no chat template, or a row is malformed (naming it).
     """
+    train = _read_custom_file(data_file, "--data-file")
     if not getattr(tokenizer, "chat_template", None):
-        raise TaskDataError(f"--data-file {Path(data_file).name} holds chat 'messages', but the model's tokenizer "
+        raise TaskDataError(f"--data-file {train[0].name} holds chat 'messages', but the model's tokenizer "
                             "has no chat template; use a chat model, or prompt/target columns (--prompt-field, "
                             "--target-field)")
-    train = _read_custom_file(data_file, "--data-file")
     evaluation = _read_custom_file(eval_file, "--eval-file") if eval_file is not None else (None, None)
     return _file_task(f"custom chat task from {train[0].name}: the last assistant turn", _ChatConverter(tokenizer),
                       train, evaluation, metric="f1", objective="generation")
 
 
-def custom_instruction_task(data_file: str | Path, eval_file: str | Path | None = None) -> Task:
+def custom_instruction_task(data_file: str | Path | tuple[Path, list[dict]],
+                            eval_file: str | Path | None = None) -> Task:
     """A generation task from Alpaca-style rows (instruction, optional input, output) with Alpaca's prompt."""
     train = _read_custom_file(data_file, "--data-file")
     evaluation = _read_custom_file(eval_file, "--eval-file") if eval_file is not None else (None, None)
