@@ -38,8 +38,10 @@ if "--smoke" in sys.argv and os.environ.get("TRITON_INTERPRET") != "1":  # Trito
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
 
 import torch  # noqa: E402
+from step_time import reference_mezo_step  # noqa: E402  the published MeZO step, one implementation for both
 
 from zoft.algos import ALGORITHMS, trainable_parameters  # noqa: E402
 from zoft.perturb import PerturbationEngine, step_seed  # noqa: E402
@@ -109,28 +111,6 @@ def reference_loss(model, ids, mask, labels):
     """The published MeZO code's scoring: full logits, log-softmax over every position."""
     logp = torch.log_softmax(model(input_ids=ids, attention_mask=mask).logits.float(), dim=-1)
     return -logp[torch.arange(len(labels)), -1, labels].mean()
-
-
-def reference_mezo_step(model, closure, eps=1e-3, lr=1e-6, seed=0) -> None:
-    """The published MeZO step: 4 sweeps, global seed reset, z by torch.normal in the weight dtype, reassignment."""
-    params = [p for p in model.parameters() if p.requires_grad]
-
-    def sweep(scale: float) -> None:
-        torch.manual_seed(seed)
-        for p in params:
-            p.data = p.data + scale * eps * torch.normal(0, 1, size=p.shape, device=p.device, dtype=p.dtype)
-
-    sweep(1)
-    with torch.inference_mode():
-        plus = float(closure())
-    sweep(-2)
-    with torch.inference_mode():
-        minus = float(closure())
-    sweep(1)
-    g = (plus - minus) / (2 * eps)
-    torch.manual_seed(seed)
-    for p in params:
-        p.data = p.data - lr * g * torch.normal(0, 1, size=p.shape, device=p.device, dtype=p.dtype)
 
 
 # -- checks ------------------------------------------------------------------------------------------------------

@@ -62,8 +62,9 @@ def interleaved(fns, repeats: int) -> list[float]:
     return [statistics.median(b) for b in times]
 
 
-def reference_mezo_step(model, inputs, eps: float = 1e-3, lr: float = 1e-6, seed: int = 0):
-    """One step of the published MeZO code, as written there (4 sweeps, reassignment, dtype-z, full logits)."""
+def reference_mezo_step(model, loss_fn, eps: float = 1e-3, lr: float = 1e-6, seed: int = 0):
+    """One step of the published MeZO code, as written there (4 sweeps, global seed reset, z by torch.normal in the
+    weight dtype, `param.data` reassignment) on the minibatch loss `loss_fn()` (`reference_loss`: full logits)."""
     params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
     def perturb(scale: float) -> None:
@@ -74,7 +75,7 @@ def reference_mezo_step(model, inputs, eps: float = 1e-3, lr: float = 1e-6, seed
 
     def loss() -> float:
         with torch.inference_mode():
-            return float(reference_loss(model, inputs))
+            return float(loss_fn())
 
     perturb(1)
     loss1 = loss()
@@ -167,7 +168,7 @@ def main() -> None:
           f"(optimizer state {opt.state_bytes() / 2**20:.1f} MiB)")
     if args.compare_reference:
         per_candidate = collate(enc, tok.pad_token_id, share=False)
-        t_ref, t_zoft = interleaved([lambda: reference_mezo_step(model, per_candidate),
+        t_ref, t_zoft = interleaved([lambda: reference_mezo_step(model, lambda: reference_loss(model, per_candidate)),
                                      lambda: opt.step(lambda: classification_loss(model, batch))], args.repeats)
         result.update(reference_step_s=round(t_ref, 4), reference_rows=int(per_candidate.input_ids.shape[0]),
                       speedup_over_reference=round(t_ref / t_zoft, 3))
