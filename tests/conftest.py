@@ -97,10 +97,11 @@ MODE_RUNS = {"scales": (("--mode", "scales", "--load-in-4bit"), "tiny_llama_64")
 
 
 def mode_run(algo: str, request) -> tuple[tuple[str, ...], Path | None]:
-    """(extra flags, model dir or None for the test's own) of `algo`'s first mode, if it is restricted to some."""
+    """(extra flags, model dir or None for the test's own) of `algo`'s first mode, if it is restricted to some
+    (`algo` may name a test's variant, "hizoo+centred")."""
     from zoft.algos import ALGORITHMS
 
-    modes = ALGORITHMS[algo].modes
+    modes = ALGORITHMS[algo.partition("+")[0]].modes
     if not modes:
         return (), None
     flags, fixture = MODE_RUNS[modes[0]]

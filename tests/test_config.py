@@ -63,7 +63,8 @@ def test_trajectory_keys_are_the_fields_that_change_a_run_and_the_algorithms_own
     assert tezo - fields == {"rank", "rank_mode", "rank_threshold", "rank_min", "rank_max", "tezo_scale"}
     assert fields <= tezo  # tezo_factors changes memory, not the trajectory: a resume may switch it
     assert set(trajectory_keys(finalize(resolve(None, {"algo": "hizoo", "steps": 10})))) - fields == {
-        "hessian_smooth", "hessian_schedule", "hessian_estimator"}
+        "hessian_smooth", "hessian_schedule", "hessian_estimator", "hessian_granularity", "hessian_block",
+        "hessian_warmup"}
 
 
 def test_non_finite_numbers_are_refused_from_recipes_and_flags(tmp_path):

@@ -57,6 +57,9 @@ def check_config(cfg) -> str | None:
     if cls is not None and not cls.offloadable:
         ok = ", ".join(name for name, c in ALGORITHMS.items() if c.offloadable)
         return f"--offload cpu with --algo {cfg.algo}: offload supports --algo {ok}"
+    refusal = cls.offload_refusal(cfg.algo_options) if cls is not None else None
+    if refusal:
+        return refusal
     if cfg.mode not in OFFLOAD_MODES:
         return (f"--offload cpu with --mode {cfg.mode}: {cfg.mode} tensors are used outside the transformer "
                 "blocks' forwards; use --mode full or lora")

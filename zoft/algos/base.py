@@ -163,6 +163,11 @@ class ZOOptimizer(torch.optim.Optimizer):
     def check_options(cls, options: dict[str, Any]) -> None:
         """Checks across options (each option's own range is checked already); raise `ConfigError`."""
 
+    @classmethod
+    def offload_refusal(cls, options: dict[str, Any]) -> str | None:
+        """Why `--offload cpu` cannot run these options (as given), or None; the CLI checks it before loading."""
+        return None
+
     # -- helpers for subclasses ---------------------------------------------------------------------------
     def hyper(self, index: int) -> dict[str, Any]:
         """The param group (lr, eps, weight_decay, ...) of tensor `index`, read at step time so schedulers work."""

@@ -38,13 +38,21 @@ from zoft.algos.options import Option
 from zoft.errors import ConfigError
 
 _H_MIN, _H_MAX = 1e-12, 1e30
+_RELATIVE_FLOOR = 1e-2  # centred estimator: H ≥ 1% of its mean
 
 OPTIONS = (
     Option("hessian_smooth", float, 1e-6, "α, the EMA coefficient of the diagonal Hessian H.", low=0, high=1),
     Option("hessian_schedule", str, None, "α by step, piecewise constant, e.g. '0:1e-4,2000:1e-6' (overrides "
            "--hessian-smooth)."),
-    Option("hessian_estimator", str, "code", "The curvature sample: code (the released code's c·H·z²) or paper "
-           "(|ΔL/2ε²·H·(z²−1)|).", choices=("code", "paper")),
+    Option("hessian_estimator", str, "code", "The curvature sample: code (the released code's c·H·z²), paper "
+           "(|ΔL/2ε²·H·(z²−1)|) or centred (zoft's: (c − c̄)·H·(z²−1), a signed EMA; probes scaled so that "
+           "mean(1/H) = 1).", choices=("code", "paper", "centred")),
+    Option("hessian_granularity", str, "weight", "How many weights share one H: weight (HiZOO), tensor, or block "
+           "(--hessian-block consecutive weights of a tensor); zoft's, for research.",
+           choices=("weight", "tensor", "block")),
+    Option("hessian_block", int, 4096, "Weights per H with --hessian-granularity block.", low=1),
+    Option("hessian_warmup", int, 0, "Steps that estimate H under plain MeZO probes and steps before the "
+           "preconditioning starts (zoft's).", low=0),
     Option("allow_degenerate", bool, False, "Permit α = 0 (H stays 1: MeZO with a wasted forward).",
            trajectory=False),
 )
@@ -80,7 +88,11 @@ class HiZOO(ZOOptimizer):
         hessian_smooth: α, the EMA coefficient of H. 0 makes HiZOO MeZO with an extra forward and is refused
             unless `allow_degenerate=True`.
         hessian_schedule: optional step-indexed piecewise-constant α, e.g. "0:1e-4,2000:1e-6"; overrides α.
-        hessian_estimator: "code" (released code: c·H·z², default) or "paper" (|ΔL/(2ε²)·H·(z² − 1)|).
+        hessian_estimator: "code" (released code: c·H·z², default), "paper" (|ΔL/(2ε²)·H·(z² − 1)|) or "centred"
+            (zoft's: the signed sample (c − c̄)·P·(z² − 1), P the probe's H, with probes along z/√(H/h̄)).
+        hessian_granularity: "weight" (default), "tensor" or "block": one H per weight, per tensor or per
+            `hessian_block` consecutive weights of a tensor (zoft's).
+        hessian_warmup: steps of plain MeZO probes and steps that only estimate H (zoft's).
     """
 
     summary = ("curvature-scaled probes (diagonal Hessian EMA): 3 forwards/step, +1 fp32 per weight; "
@@ -99,44 +111,135 @@ class HiZOO(ZOOptimizer):
         if max(alphas) == 0 and not options["allow_degenerate"]:
             raise ConfigError("--hessian-smooth 0 keeps H at 1, i.e. MeZO with a wasted forward; use a positive "
                               "value (default 1e-6) or add --allow-degenerate")
+        if options.get("hessian_granularity", "block") != "block" and options.get("hessian_block", 4096) != 4096:
+            raise ConfigError("--hessian-block sets the block of --hessian-granularity block; add that or drop "
+                              "--hessian-block")
+
+    @classmethod
+    def offload_refusal(cls, options: dict) -> str | None:
+        if options.get("hessian_estimator") == "centred":
+            return ("--offload cpu with --hessian-estimator centred: its probe scale h̄ is a sum over every tensor "
+                    "after the last update, which a streamed step does not have; use code or paper")
+        return None
 
     def init_state(self) -> None:
         self.alpha = self.settings["hessian_smooth"]
         self.schedule = parse_schedule(self.settings["hessian_schedule"])
         self.estimator = self.settings["hessian_estimator"]
+        self.granularity = self.settings.get("hessian_granularity", "weight")
+        self.block = self.settings.get("hessian_block", 1)
+        self.warmup = self.settings.get("hessian_warmup", 0)
+        #: the centred estimator's running mean c̄ of c = ΔL/(2ε²) and its sample count; the probe scale h̄ by step
+        self.baseline, self.samples = 0.0, 0
+        self._scale: tuple[int, float, float] = (-1, 1.0, 0.0)
         for i, p in enumerate(self.tensors):
             self._init_h(i, p)
 
+    def _extra_state(self) -> dict:
+        return {"baseline": self.baseline, "samples": self.samples} if self.estimator == "centred" else {}
+
+    def _load_extra_state(self, extra: dict) -> None:
+        self.baseline, self.samples = float(extra.get("baseline", 0.0)), int(extra.get("samples", 0))
+        self._scale = (-1, 1.0, 0.0)   # H was replaced: h̄ is recomputed at the next step
+
     # -- curvature state (HiZOO-L overrides these five) ------------------------------------------------
+    def _block_size(self, p: torch.Tensor) -> int:
+        """Weights sharing one H in tensor p."""
+        if self.granularity == "weight":
+            return 1
+        return p.numel() if self.granularity == "tensor" else min(self.block, p.numel())
+
     def _init_h(self, index: int, p: torch.Tensor) -> None:
-        self.state[p]["hessian"] = torch.ones(p.shape, dtype=torch.float32, device=p.device)
+        size = self._block_size(p)
+        shape = p.shape if size == 1 else (-(-p.numel() // size),)
+        self.state[p]["hessian"] = torch.ones(shape, dtype=torch.float32, device=p.device)
 
     def _sqrt_h(self, index: int, slot: int) -> torch.Tensor:
-        """√H of tensor `index` written into scratch `slot`."""
+        """√H of tensor `index` (over the probe scale h̄ of the centred estimator) written into scratch `slot`."""
         out = self.engine.scratch(index, slot)
-        return torch.sqrt(self.state[self.tensors[index]]["hessian"], out=out)
+        p = self.tensors[index]
+        h = self.state[p]["hessian"]
+        scale = self._scale[1]
+        if self._block_size(p) == 1:
+            torch.sqrt(h, out=out)
+            return out if scale == 1.0 else out.mul_(scale ** -0.5)
+        return self._expand(h.div(scale).sqrt_(), out, self._block_size(p))
 
-    def _update_h(self, index: int, z: torch.Tensor, c: float, alpha: float) -> None:
-        """H ← H·((1−α) + α·c·w) in place, w = z² or |z² − 1|."""
-        h = self.state[self.tensors[index]]["hessian"]
-        factor = self._sample_weight(index, z)
-        factor.mul_(alpha * c).add_(1.0 - alpha)
-        h.mul_(factor).clamp_(_H_MIN, _H_MAX)
+    @staticmethod
+    def _expand(values: torch.Tensor, out: torch.Tensor, size: int) -> torch.Tensor:
+        """out (dense, a tensor's shape) ← each block's value repeated over its `size` weights."""
+        flat, full = out.view(-1), out.numel() // size
+        flat[:full * size].view(full, size).copy_(values[:full, None].expand(full, size))
+        if full * size < flat.numel():
+            flat[full * size:].copy_(values[-1].expand(flat.numel() - full * size))
+        return out
+
+    @staticmethod
+    def _block_mean(w: torch.Tensor, size: int) -> torch.Tensor:
+        """Each block's mean of w (flattened, `size` weights a block, the last one shorter)."""
+        flat, full = w.view(-1), w.numel() // size
+        means = flat[:full * size].view(full, size).mean(1)
+        if full * size < flat.numel():
+            means = torch.cat([means, flat[full * size:].mean().reshape(1)])
+        return means
+
+    def _update_h(self, index: int, z: torch.Tensor, s: float, alpha: float, preconditioned: bool = True) -> None:
+        """H ← (1−α)·H + α·s·P⊙w in place: P the probe's H (H/h̄ for centred; 1 in the warm-up, whose probes are
+        MeZO's), w = z², |z² − 1| or z² − 1 (per weight, or its mean over a block), then clamped positive."""
+        p = self.tensors[index]
+        h = self.state[p]["hessian"]
+        w = self._sample_weight(index, z)
+        if self._block_size(p) > 1:
+            w = self._block_mean(w, self._block_size(p))
+        if preconditioned:
+            w.mul_(alpha * s / self._scale[1]).add_(1.0 - alpha)    # H·((1−α) + α·s·w/h̄): P = H/h̄
+            h.mul_(w)
+        else:
+            h.mul_(1.0 - alpha).add_(w, alpha=alpha * s)
+        # the centred sample is signed: a block can be driven towards 0, and a tiny H would magnify its probe
+        # without bound (and pull h̄ down with it); H ≥ 1% of H's mean caps that at 10× a MeZO probe
+        h.clamp_(max(_H_MIN, _RELATIVE_FLOOR * self._scale[2]), _H_MAX)
 
     def _log_h(self, index: int) -> torch.Tensor:
         return self.state[self.tensors[index]]["hessian"].log()
 
     def _dense_hessians(self) -> list[torch.Tensor] | None:
-        """H per tensor as dense fp32 tensors, which the fused kernel can read; None where H is factored."""
+        """H per tensor as dense fp32 tensors, which the fused kernel can read; None where H is factored, shared
+        by blocks or scaled by h̄."""
+        if self.granularity != "weight" or self.estimator == "centred":
+            return None
         return [self.state[p]["hessian"] for p in self.tensors]
 
     # ---------------------------------------------------------------------------------------------------
     def _sample_weight(self, index: int, z: torch.Tensor) -> torch.Tensor:
-        """w = z² (code) or |z² − 1| (paper) in scratch slot 1."""
+        """w = z² (code), |z² − 1| (paper) or z² − 1 (centred) in scratch slot 1."""
         w = torch.mul(z, z, out=self.engine.scratch(index, 1))
         if self.estimator == "paper":
             w.sub_(1.0).abs_()
+        elif self.estimator == "centred":
+            w.sub_(1.0)
         return w
+
+    def preconditioned(self, t: int) -> bool:
+        """Whether step t probes along z/√H (False during the warm-up, which probes and steps along z)."""
+        return t >= self.warmup
+
+    def _set_scale(self, t: int) -> None:
+        """The centred estimator's probe scale for step t: h̄ = d / Σ 1/H (H's harmonic mean over all weights), so
+        that u = z/√(H/h̄) has MeZO's expected length and ε and lr keep MeZO's meaning, and H's mean (its floor's
+        reference). Once per step, from H before the step's update; (1, 0) for the published rules."""
+        if self.estimator != "centred" or self._scale[0] == t:
+            return
+        inv, total, n = 0.0, 0.0, 0
+        for p in self.tensors:
+            h, size = self.state[p]["hessian"], self._block_size(p)
+            inv += float(torch.sum(h.reciprocal(), dtype=torch.float64)) * size
+            total += float(torch.sum(h, dtype=torch.float64)) * size
+            if size > 1:   # the last block is short by h.numel()·size − p.numel() weights
+                short = h.numel() * size - p.numel()
+                inv, total = inv - short / float(h[-1]), total - short * float(h[-1])
+            n += p.numel()
+        self._scale = (t, n / inv, total / n)
 
     def alpha_at(self, t: int) -> float:
         """α at step index t: the schedule's last entry at or before t, else the constant."""
@@ -154,6 +257,10 @@ class HiZOO(ZOOptimizer):
     def perturb_tensor(self, index: int, seed: int, scale: float, direction: int = 0) -> None:
         """θ_i += scale·z_i/√H_i: tensor i's share of `perturb`, the same arithmetic (the fused kernel where the
         full pass would use it)."""
+        if not self.preconditioned(self.t):
+            self.engine.axpy_(index, seed, scale, direction)
+            return
+        self._set_scale(self.t)
         hessians = self._dense_hessians() if self.engine.kind == "philox" else None
         if hessians is not None and self.engine.fused_all():
             self.engine.axpy_one_(index, seed, scale, probe=direction, hessian=hessians[index])
@@ -164,6 +271,10 @@ class HiZOO(ZOOptimizer):
     @torch.no_grad()
     def perturb(self, seed: int, scale: float, direction: int = 0) -> None:
         """θ += scale·z/√H (one pass; with the philox kernel, H is read in the same fused pass)."""
+        if not self.preconditioned(self.t):
+            self.engine.add_(seed, scale, direction)
+            return
+        self._set_scale(self.t)
         hessians = self._dense_hessians()
         if hessians is not None and self.engine.fused_all():
             self.engine.axpy_all_(seed, [scale] * len(self.tensors), probe=direction, hessians=hessians)
@@ -172,19 +283,36 @@ class HiZOO(ZOOptimizer):
             self.ops.addcdiv_(p, z, self._sqrt_h(i, 0), scale)
 
     def estimate(self, losses: list[float]) -> Estimate:
-        """g = (L+ − L−)/(2ε) and the curvature sample c = |L+ + L− − 2·L0|/(2ε²); reports L0 (no logging
-        forward)."""
+        """g = (L+ − L−)/(2ε) and the curvature sample c = |L+ + L− − 2·L0|/(2ε²) (centred: signed, minus its
+        running mean c̄ before this step); reports L0 (no logging forward)."""
         loss0, loss_plus, loss_minus = losses
         eps = self.eps
         g = (loss_plus - loss_minus) / (2.0 * eps)
-        c = abs(loss_plus + loss_minus - 2.0 * loss0) / (2.0 * eps * eps)
-        return Estimate({"projected_grad": g, "curvature": c}, loss0,
-                        {"loss_plus": loss_plus, "loss_minus": loss_minus, "loss0": loss0,
-                         "hessian_smooth": self.alpha_at(self.t)})
+        c = (loss_plus + loss_minus - 2.0 * loss0) / (2.0 * eps * eps)
+        info = {"loss_plus": loss_plus, "loss_minus": loss_minus, "loss0": loss0,
+                "hessian_smooth": self.alpha_at(self.t)}
+        if self.estimator != "centred":
+            return Estimate({"projected_grad": g, "curvature": abs(c)}, loss0, info)
+        # c̄ is from earlier steps, independent of this z, so the sample stays unbiased; the first step has no c̄
+        # yet and only sets it (c itself, ≈ ½·tr of the preconditioned Hessian, would swamp H's first update)
+        centred = c - self.baseline if self.samples else 0.0
+        # c̄: the running mean of c over the first 100 samples, then an EMA with a 100-step memory
+        baseline = self.baseline + (c - self.baseline) * max(1.0 / (self.samples + 1), 0.01)
+        return Estimate({"projected_grad": g, "curvature": centred, "baseline": baseline,
+                         "baseline_n": self.samples + 1}, loss0, info)
 
     def update_tensor(self, index: int, seed: int, record: dict, t: int) -> None:
         """P3: restore with the probe's H_old, update H with the curvature sample, step along z/√H_new."""
+        if "baseline" in record:   # centred: c̄ moves with the step (here, so that a replayed step moves it too)
+            self.baseline, self.samples = record["baseline"], int(record["baseline_n"])
         p, group, z = self.tensors[index], self.hyper(index), self.engine.noise(index, seed)
+        self._set_scale(t)
+        if not self.preconditioned(t):
+            self.ops.add_(p, z, group["eps"])
+            self._update_h(index, z, record["curvature"], self.alpha_at(t), preconditioned=False)
+            self.ops.scale_(p, self.decay_factor(index))
+            self.ops.add_(p, z, -group["lr"] * record["projected_grad"])
+            return
         self.ops.addcdiv_(p, z, self._sqrt_h(index, 0), group["eps"])     # θ_orig, with the probe's H_old
         self._update_h(index, z, record["curvature"], self.alpha_at(t))
         self.ops.scale_(p, self.decay_factor(index))
@@ -212,6 +340,14 @@ class HiZOOL(HiZOO):
                "pick it over HiZOO when d more fp32 numbers do not fit")
     paper = "zoft's rank-1 factored design after arXiv 2402.15173 (not the paper's HiZOO-L)"
     state_desc = "m+n fp32 per matrix, full H for 1-D"
+    options = tuple(o for o in OPTIONS if o.name not in ("hessian_granularity", "hessian_block", "hessian_warmup"))
+
+    @classmethod
+    def check_options(cls, options: dict) -> None:
+        super().check_options(options)
+        if options["hessian_estimator"] == "centred":
+            raise ConfigError("--hessian-estimator centred applies to --algo hizoo (HiZOO-L factors the code or "
+                              "paper sample); use code or paper")
 
     def _init_h(self, index: int, p: torch.Tensor) -> None:
         if p.ndim != 2:
