@@ -320,3 +320,22 @@ def test_regenerated_factors_give_the_same_trajectory_without_factor_memory():
     assert torch.equal(q1.w, q2.w) and torch.equal(q1.b, q2.b)
     assert "factors" not in o2.state_breakdown() and not o2._factors
     assert o1.state_bytes() - o2.state_bytes() == o1.state_breakdown()["factors"] == 8 * (7 + 5) * 3
+
+
+@pytest.mark.parametrize("beta", [1.0, 0.999])
+def test_the_blocked_low_rank_add_is_the_sum_rounded_once_on_every_smollm2_shape(beta):
+    # zoft.algos.lowrank adds L·Rᵀ to a bf16 weight by accumulating into the widened weight (addmm_) in 1 MiB row
+    # blocks; that must equal bf16(fp32(β·W) + L·Rᵀ) bit for bit, the rule before the blocking (and the golden
+    # runs' tiny shapes never span two blocks). Shapes: SmolLM2-135M's embedding, attention, MLP matrices.
+    from zoft.algos.lowrank import add_product
+
+    torch.manual_seed(0)
+    for m, n in [(49152, 576), (576, 576), (192, 576), (1536, 576), (576, 1536)]:
+        for r in (1, 32):
+            w = torch.nn.Parameter(torch.randn(m, n).to(torch.bfloat16))
+            left, right = torch.randn(m, r) * 1e-2, torch.randn(n, r)
+            expected = ((w.detach() * beta).float() + left @ right.t()).to(torch.bfloat16)
+            opt = TeZO([w], lr=1e-3, rank=r)
+            with torch.no_grad():
+                add_product(opt, 0, left, right, beta)
+            assert torch.equal(w.detach(), expected), (m, n, r)

@@ -45,6 +45,10 @@ import torch
 
 from zoft.algos.base import ZOOptimizer, state_dtype
 from zoft.algos.lowrank import CHUNK_ELEMENTS, add_product
+
+#: fp32 numbers per row block of TeZO-Adam's M̂ and V̂ (16 MiB): measured faster than cache-sized blocks, whose
+#: per-block temporaries (U⊙U) and calls cost more than the cache saves
+ADAM_BLOCK = 1 << 22
 from zoft.algos.mezo import ADAM_OPTIONS, MOMENTUM, adam_dense_update, dense_adam_state
 from zoft.algos.options import Option
 from zoft.errors import ConfigError
@@ -303,7 +307,7 @@ class TeZOAdam(TeZO):
         if not matrices:
             return super().transient_bytes()
         # numerator and denominator row blocks, U⊙U of a block, and (V⊙m̂, V⊙V⊙v̂) of the widest matrix
-        block = 4 * min(CHUNK_ELEMENTS, max(p.numel() for p, _ in matrices))
+        block = 4 * min(ADAM_BLOCK, max(p.numel() for p, _ in matrices))
         widest = max(p.shape[1] * r for p, r in matrices) * 4
         return super().transient_bytes() + 2 * block + 3 * widest
 
@@ -314,7 +318,7 @@ class TeZOAdam(TeZO):
         u, v = factors
         n = p.shape[1]
         vm, vv = (v * m_hat).t(), (v * v * v_hat).t()
-        rows = max(1, CHUNK_ELEMENTS // n)
+        rows = max(1, ADAM_BLOCK // n)
         size = min(rows, p.shape[0]) * n
         num_buf = self.engine.work("block", size, p.device, u.dtype)
         den_buf = self.engine.work("block2", size, p.device, u.dtype)
