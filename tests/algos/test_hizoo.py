@@ -373,3 +373,21 @@ def test_zofts_estimator_refusals():
         HiZOOL([torch.nn.Parameter(torch.zeros(3, 2))], lr=1e-3, hessian_estimator="centred")
     cfg = SimpleNamespace(offload="cpu", algo="hizoo", algo_options={"hessian_estimator": "centred"})
     assert "--hessian-estimator centred" in check_config(cfg)
+
+
+def test_the_oracle_benchmarks_preconditioned_step_is_newton_like_in_expectation():
+    # bench/hizoo_oracle.py's "oracle": MeZO along u = z/√H with H fixed; E[g·u] = H⁻¹·∇f, so with H = diag(A) the
+    # mean step on ½·Σ a_i θ_i² is −η·θ (every coordinate contracts alike), where MeZO's is −η·a⊙θ
+    bench = _bench("hizoo_oracle")
+    a = torch.tensor([1.0, 10.0, 100.0], dtype=torch.float64)
+    h = bench.condition([a.float()], [3], floor=0.01)
+    assert float((1 / h[0]).mean()) == pytest.approx(1.0, rel=1e-6)       # probes as long as MeZO's
+    total, n = torch.zeros(3, dtype=torch.float64), 4000
+    for seed in range(n):
+        p, f = diag_quadratic(a)
+        opt = bench.OraclePreconditioned([p], h, lr=1e-3, eps=1e-4, seed=seed)
+        opt.step(f)
+        total += (1.0 - p.detach()) / 1e-3
+    step = total / n                                   # ≈ H⁻¹·∇f = θ·a/h (h ∝ a): the same for every coordinate
+    assert torch.allclose(step / step.mean(), torch.ones(3, dtype=torch.float64), rtol=0.15), step
+    assert bench.condition([torch.tensor([-1.0, 2.0, 4.0])], [3], floor=0.25)[0].min() > 0   # ≤ 0 is floored
