@@ -226,24 +226,52 @@ def summarise(records: list[dict], plot: str | None) -> None:
         print(f"| {mode} | {method} | {lr:g} | {len(vals)} | {min(v[3] for v in vals)} | "
               f"{statistics.fmean(v[0] for v in vals):.4f} | {statistics.fmean(v[1] for v in vals):.4f} | "
               f"{100 * statistics.fmean(v[2] for v in vals):.1f} % |")
+    budgets = sorted({r["forwards"] for r in records if r["forwards"] and r["forwards"] % 250 == 0})
+    if budgets:
+        print("\nmean dev loss over seeds at equal forwards (the latest evaluation at or before each budget)\n")
+        print("| mode | method | lr | " + " | ".join(f"{b} fwd" for b in budgets) + " |")
+        print("|---|---|---|" + "---|" * len(budgets))
+        for (mode, method, lr) in sorted(table):
+            seeds = [rs for (m, me, l, _), rs in runs.items() if (m, me, l) == (mode, method, lr)]
+            cells = []
+            for b in budgets:
+                vals = [[r["dev_loss"] for r in rs if r["forwards"] <= b][-1] for rs in seeds
+                        if rs[-1]["forwards"] >= b - rs[-1].get("step_forwards", 3)]
+                cells.append(f"{statistics.fmean(vals):.4f}" if len(vals) == len(seeds) else "")
+            print(f"| {mode} | {method} | {lr:g} | " + " | ".join(cells) + " |")
     if plot:
-        import matplotlib
+        plot_curves(runs, plot)
 
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
 
-        modes = sorted({k[0] for k in runs})
-        fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4), squeeze=False)
-        for ax, mode in zip(axes[0], modes):
-            for (m, method, lr, seed), rs in sorted(runs.items()):
-                if m == mode:
-                    ax.plot([r["forwards"] for r in rs], [r["dev_loss"] for r in rs],
-                            "-" if method == "mezo" else "--", label=f"{method} lr {lr:g} seed {seed}")
-            ax.set(title=f"SmolLM2-135M / SST-2, {mode}", xlabel="forwards", ylabel="dev loss")
-            ax.legend(fontsize=7)
-        fig.tight_layout()
-        fig.savefig(plot, dpi=120)
-        print(f"wrote {plot}")
+def plot_curves(runs: dict[tuple, list[dict]], path: str) -> None:
+    """Dev loss against forwards: each seed faint, the mean over seeds bold, one panel per mode."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    colours = {"mezo": "tab:blue", "oracle": "tab:red", "learned": "tab:green"}
+    modes = sorted({k[0] for k in runs})
+    fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4), squeeze=False)
+    for ax, mode in zip(axes[0], modes):
+        groups: dict[tuple, list[list[dict]]] = {}
+        for (m, method, lr, _), rs in sorted(runs.items()):
+            if m == mode:
+                groups.setdefault((method, lr), []).append(rs)
+        for (method, lr), seeds in groups.items():
+            colour = colours.get(method, "k")
+            for rs in seeds:
+                ax.plot([r["forwards"] for r in rs], [r["dev_loss"] for r in rs], color=colour, alpha=0.3, lw=0.8)
+            n = min(len(rs) for rs in seeds)
+            ax.plot([r["forwards"] for r in seeds[0][:n]],
+                    [statistics.fmean(rs[i]["dev_loss"] for rs in seeds) for i in range(n)], color=colour, lw=2,
+                    label=f"{method} lr {lr:g} ({len(seeds)} seed{'s' if len(seeds) > 1 else ''})")
+        ax.set(title=f"SmolLM2-135M / SST-2, {mode} mode", xlabel="forwards", ylabel="dev loss (128 examples)")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
 
 
 if __name__ == "__main__":
