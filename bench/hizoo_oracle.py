@@ -5,7 +5,8 @@ script first computes the diagonal of the loss Hessian by backprop once, at the 
 estimator E[v ⊙ Hv] over Rademacher v, Hv by double backprop through an fp32 copy of the model, averaged over
 `--hutchinson-samples` probes on as many training batches. It is averaged per tensor (`--granularity tensor`, one
 number per tensor: what a per-tensor ZO estimate could learn) or kept per weight (`weight`), floored at
-`--floor` × the median (curvature can be ≤ 0, and LoRA's A has exactly zero curvature while B = 0), and scaled so
+`--floor` × the median curvature (of the positive values where the median is not: LoRA's A has exactly zero
+curvature while B = 0; curvature can also be negative), and scaled so
 that the mean of 1/H over the weights is 1: the probe u = z/√H then has MeZO's expected length, so ε means the same.
 
 Then it runs, from the same start with the same batches and seeds,
@@ -98,10 +99,15 @@ def hutchinson(mode: str, batches, samples: int, granularity: str) -> list[torch
     return acc
 
 
-def condition(diag: list[torch.Tensor], sizes: list[int], floor: float) -> list[torch.Tensor]:
-    """Floor at `floor` × the median curvature, then scale so that the mean of 1/H over all weights is 1."""
+def condition(diag: list[torch.Tensor], sizes: list[int], floor: float, absolute: bool = False) -> list[torch.Tensor]:
+    """Floor at `floor` × the median curvature over the weights (over the positive ones where that median is not
+    positive: in LoRA mode most weights are A's, whose curvature is 0 while B = 0), then scale so that the mean of
+    1/H over all weights is 1."""
+    if absolute:   # |curvature|: negative-curvature tensors are preconditioned by their magnitude, not floored
+        diag = [d.abs() for d in diag]
     flat = torch.cat([d.reshape(-1).expand(n) if d.numel() == 1 else d.reshape(-1) for d, n in zip(diag, sizes)])
-    lo = floor * float(flat.median())
+    median = float(flat.median())
+    lo = floor * (median if median > 0 else float(flat[flat > 0].median()))
     h = [d.clamp(min=lo) for d in diag]
     inv_mean = sum(float((1.0 / x).sum()) * (n if x.numel() == 1 else 1) for x, n in zip(h, sizes)) / sum(sizes)
     return [x * inv_mean for x in h]
@@ -121,6 +127,8 @@ def main() -> None:
     ap.add_argument("--granularity", default="tensor", choices=("tensor", "weight"))
     ap.add_argument("--hutchinson-samples", type=int, default=16)
     ap.add_argument("--floor", type=float, default=0.01)
+    ap.add_argument("--negative", default="floor", choices=("floor", "abs"),
+                    help="curvature ≤ 0: floor it (default) or use its magnitude")
     ap.add_argument("--alpha", type=float, default=1e-2, help="learned: the EMA coefficient of H")
     ap.add_argument("--warmup", type=int, default=100, help="learned: MeZO steps that estimate H first")
     ap.add_argument("--oracle-cache", default=None, help="save/load the oracle diagonal here (.pt)")
@@ -169,7 +177,12 @@ def oracle(args, train, tokenizer, sizes) -> list[torch.Tensor]:
     flat = torch.stack([d.mean() for d in diag])
     print(f"# per-tensor mean curvature: min {float(flat.min()):.3g} median {float(flat.median()):.3g} "
           f"max {float(flat.max()):.3g}, ≤ 0 in {int((flat <= 0).sum())} of {len(flat)} tensors", file=sys.stderr)
-    return condition(diag, sizes, args.floor)
+    h = condition(diag, sizes, args.floor, absolute=args.negative == "abs")
+    floored = [float(x.min()) <= float(min(y.min() for y in h)) * (1 + 1e-6) for x in h]
+    share = sum(float((n / x).sum()) if x.numel() > 1 else n / float(x) for x, n, f in zip(h, sizes, floored) if f)
+    print(f"# {sum(floored)} tensors at the floor take {100 * share / sum(sizes):.1f} % of the probe's energy "
+          f"(E‖u‖² = Σ 1/H)", file=sys.stderr)
+    return h
 
 
 def run(args, method, lr, seed, model, named, train, dev, tokenizer, hessians) -> list[dict]:
@@ -191,6 +204,7 @@ def run(args, method, lr, seed, model, named, train, dev, tokenizer, hessians) -
                **({"log_h_std": opt.diagnostics()["log_h_std"]} if method == "learned" else {}),
                "train_loss": statistics.fmean(train_losses[-50:]) if train_losses else None,
                "granularity": args.granularity, "eps": args.eps, "batch_size": args.batch_size,
+               **({"negative": args.negative} if method == "oracle" else {}),
                "seconds": round(time.perf_counter() - t0, 1)}
         print(json.dumps(rec), flush=True)
         if args.out:
