@@ -228,7 +228,8 @@ def run(args, method, lr, seed, model, named, train, dev, tokenizer, hessians) -
 def summarise(records: list[dict], plot: str | None) -> None:
     runs: dict[tuple, list[dict]] = {}
     for r in records:
-        runs.setdefault((r["mode"], r["method"], r["lr"], r["seed"]), []).append(r)
+        name = r["method"] + ("-abs" if r.get("negative") == "abs" else "")
+        runs.setdefault((r["mode"], name, r["lr"], r["seed"]), []).append(r)
     table: dict[tuple, list[tuple[float, float, float, int]]] = {}
     for (mode, method, lr, seed), rs in sorted(runs.items()):
         losses = [r["dev_loss"] for r in rs]
@@ -264,7 +265,7 @@ def plot_curves(runs: dict[tuple, list[dict]], path: str) -> None:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    colours = {"mezo": "tab:blue", "oracle": "tab:red", "learned": "tab:green"}
+    colours = {"mezo": "tab:blue", "oracle": "tab:red", "learned": "tab:green", "oracle-abs": "tab:orange"}
     modes = sorted({k[0] for k in runs})
     fig, axes = plt.subplots(1, len(modes), figsize=(6 * len(modes), 4), squeeze=False)
     for ax, mode in zip(axes[0], modes):

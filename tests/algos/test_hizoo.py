@@ -252,7 +252,7 @@ def _bench(name: str):
 
 def test_the_centred_block_rule_learns_the_curvature_shape_at_d_1000():
     # bench/hessian_shape.py: θ fixed on ½·Σ a_i θ_i², 10 blocks of curvature over 100×; one H per block learns
-    # log a (R² ≥ 0.95, slope 0.9–1.1), where every per-weight rule is noise at this size (R² ≈ 0)
+    # log a (R² ≥ 0.95, slope 0.9–1.1), where the released code's per-weight rule is noise at this size (R² ≈ 0)
     bench = _bench("hessian_shape")
     a = bench.curvatures(1000)
     r2, slope = bench.shape_fit(bench.learned_h("centred", "block", 1000, 1e-3, 20_000), a)
