@@ -243,15 +243,16 @@ def summarise(records: list[dict], plot: str | None) -> None:
               f"{100 * statistics.fmean(v[2] for v in vals):.1f} % |")
     budgets = sorted({r["forwards"] for r in records if r["forwards"] and r["forwards"] % 250 == 0})
     if budgets:
-        print("\nmean dev loss over seeds at equal forwards (the latest evaluation at or before each budget)\n")
+        print("\nmean dev loss over seeds at equal forwards (the evaluation at each budget)\n")
         print("| mode | method | lr | " + " | ".join(f"{b} fwd" for b in budgets) + " |")
         print("|---|---|---|" + "---|" * len(budgets))
         for (mode, method, lr) in sorted(table):
             seeds = [rs for (m, me, l, _), rs in runs.items() if (m, me, l) == (mode, method, lr)]
             cells = []
             for b in budgets:
-                vals = [[r["dev_loss"] for r in rs if r["forwards"] <= b][-1] for rs in seeds
-                        if rs[-1]["forwards"] >= b - rs[-1].get("step_forwards", 3)]
+                # a 3-forward method evaluates at 252, 501, ...: its step that crosses the budget counts
+                vals = [[r["dev_loss"] for r in rs if r["forwards"] <= b + 2][-1] for rs in seeds
+                        if rs[-1]["forwards"] >= b]
                 cells.append(f"{statistics.fmean(vals):.4f}" if len(vals) == len(seeds) else "")
             print(f"| {mode} | {method} | {lr:g} | " + " | ".join(cells) + " |")
     if plot:

@@ -19,9 +19,9 @@ each of 4 sweeps, z = torch.normal(...) in the parameter dtype per tensor, param
 (`param.data = param.data + ...`) instead of updated in place, one row per candidate and logits over the whole
 sequence × vocabulary with a full log-softmax. It prints zoft's speedup over it.
 
-Usage: python bench/step_time.py [--algo NAME|all] [--dtype bfloat16|float32] [--noise table|randn] [--exact-bf16]
+Usage: python bench/step_time.py [--algo NAME|A,B,C|all] [--dtype bfloat16|float32] [--noise table|randn] [--exact-bf16]
        [--batch-size 16] [--repeats 5] [--threads N] [--compare-reference]
-       (`all` runs each algorithm in its own process so peaks do not mix)
+       (several algorithms or `all`: each in its own process so peaks do not mix, then one table)
 """
 
 from __future__ import annotations
@@ -105,7 +105,7 @@ def reference_loss(model, batch):
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--algo", default="mezo", choices=[*ALGORITHMS, "all"])
+    ap.add_argument("--algo", default="mezo", help="an algorithm, several as a,b,c, or all")
     ap.add_argument("--dtype", default="bfloat16", choices=["bfloat16", "float32"])
     ap.add_argument("--batch-size", type=int, default=16)
     ap.add_argument("--repeats", type=int, default=5)
@@ -114,8 +114,12 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--compare-reference", action="store_true", help="also time the published MeZO step")
     args = ap.parse_args()
-    if args.algo == "all":
-        return run_all(args)
+    names = list(ALGORITHMS) if args.algo == "all" else args.algo.split(",")
+    unknown = [n for n in names if n not in ALGORITHMS]
+    if unknown:
+        ap.error(f"--algo {','.join(unknown)}: choose from {', '.join(ALGORITHMS)} or all")
+    if len(names) > 1:
+        return run_all(args, names)
     if args.threads:
         torch.set_num_threads(args.threads)
 
@@ -177,10 +181,11 @@ def main() -> None:
     print(json.dumps(result))
 
 
-def run_all(args) -> None:
-    """Each algorithm in a fresh process (so peaks are its own), then the table relative to MeZO."""
+def run_all(args, names: list[str]) -> None:
+    """Each algorithm in a fresh process (so peaks are its own), then the table relative to MeZO (MeZO is run
+    first when it is not among `names`)."""
     rows = []
-    for algo in ALGORITHMS:
+    for algo in (names if "mezo" in names else ["mezo", *names]):
         cmd = [sys.executable, __file__, "--algo", algo, "--dtype", args.dtype, "--batch-size",
                str(args.batch_size), "--repeats", str(args.repeats), "--threads", str(args.threads),
                "--noise", args.noise]
