@@ -5,11 +5,13 @@ weights this is one `addmm_` with no m×n temporary; for bf16/fp16 weights each 
 (1 MiB of fp32) is widened into a reused buffer, the product accumulated into it by `addmm_` and the sum rounded
 back once.
 
-Why 1 MiB blocks and `addmm_`: the pass is memory-bound, and a block that stays in the core's cache between the
-product and the rounding saves a round trip to memory per weight; accumulating into the widened weight saves
-writing and re-reading the product. On SmolLM2-135M (bf16, r = 32, 2-core CPU) the 16 MiB blocks with a separate
-product and add cost about 15–30 % more. Both are bitwise the same as the product added afterwards (fp32 W + the
-fp32 product, one rounding): checked on every matrix shape of SmolLM2 (`tests/algos/test_tezo.py`).
+Why 1 MiB blocks and `addmm_`: a block that stays in the core's cache between the product and the rounding saves a
+round trip to memory per weight, and accumulating into the widened weight saves writing and re-reading the product.
+Timed interleaved in one process on a loaded 2-core CPU, TeZO's passes over SmolLM2-135M (bf16, r = 32) took
+1.3–1.4× longer with the former 16 MiB product blocks; `bench/step_time.py` on the idle machine put TeZO at
+1.36–1.47× its forwards against 1.42× before, within that machine's noise. The transient block shrinks from 16 MiB
+to 1 MiB. Both are bitwise the same as the product added afterwards (fp32 W + the fp32 product, one rounding):
+checked on every matrix shape of SmolLM2 (`tests/algos/test_tezo.py`).
 """
 
 from __future__ import annotations
