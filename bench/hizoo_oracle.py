@@ -44,7 +44,7 @@ os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
 import torch  # noqa: E402
 
 from zoft.algos import HiZOO, MeZO, trainable_parameters  # noqa: E402
-from zoft.algos.base import Estimate  # noqa: E402
+from zoft.algos.base import Estimate, ZOOptimizer  # noqa: E402
 from zoft.models import load_model  # noqa: E402
 from zoft.modes import attach  # noqa: E402
 from zoft.scoring import classification_loss, collate, encode_examples, evaluate  # noqa: E402
@@ -63,7 +63,7 @@ class OraclePreconditioned(HiZOO):
             self.state[p]["hessian"].copy_(h.expand(p.shape))
 
     def estimate(self, losses: list[float]) -> Estimate:
-        return ZO_TWO_POINT(self, losses)
+        return ZOOptimizer.estimate(self, losses)   # the SPSA estimate: g = (L+ − L−)/2ε, loss (L+ + L−)/2
 
     def update_tensor(self, index: int, seed: int, record: dict, t: int) -> None:
         p, group, z = self.tensors[index], self.hyper(index), self.engine.noise(index, seed)
@@ -71,8 +71,6 @@ class OraclePreconditioned(HiZOO):
         self.ops.addcdiv_(p, z, sqrt_h, group["eps"])                               # back to θ
         self.ops.addcdiv_(p, z, sqrt_h, -group["lr"] * record["projected_grad"])    # θ − η·g·z/√H
 
-
-ZO_TWO_POINT = MeZO.estimate  # the base class's SPSA estimate: g = (L+ − L−)/2ε, reported loss (L+ + L−)/2
 
 
 def build(mode: str, dtype: str, seed: int):
@@ -83,7 +81,7 @@ def build(mode: str, dtype: str, seed: int):
 def hutchinson(mode: str, batches, samples: int, granularity: str) -> list[torch.Tensor]:
     """diag(∇²L) at the start, per weight or averaged per tensor, by E[v ⊙ Hv] over Rademacher v (fp32 model)."""
     model, _ = build(mode, "float32", 0)
-    model.base.set_attn_implementation("eager") if hasattr(model, "base") else model.set_attn_implementation("eager")
+    getattr(model, "base", model).set_attn_implementation("eager")   # SDPA has no double backward on CPU
     params = [p for _, p in trainable_parameters(model)]
     acc = [torch.zeros_like(p) for p in params]
     gen = torch.Generator().manual_seed(1234)

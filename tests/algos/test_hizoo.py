@@ -222,23 +222,6 @@ def test_hizoo_beats_mezo_on_a_2d_ill_conditioned_quadratic():
     assert hizoo <= 0.5 * mezo, (hizoo, mezo)
 
 
-def test_the_published_fp16_update_leaves_h_at_one_where_fp32_moves_it():
-    # bench/hizoo_published_fp16.py replays the released code's H update in fp16 (its README's precision): at its
-    # alpha = 1e-8 the product underflows and (1 - alpha)·H rounds back to H, so H never leaves 1
-    import importlib.util
-    from pathlib import Path
-
-    path = Path(__file__).resolve().parents[2] / "bench" / "hizoo_published_fp16.py"
-    spec = importlib.util.spec_from_file_location("hizoo_published_fp16", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
-    for dl in (1e-3, 1e-1):
-        assert bench.replay(1e-8, dl, torch.float16, 20_000, 5)["moved_fraction"] == 0.0
-    assert bench.replay(1e-8, 1e-1, torch.float32, 20_000, 5)["moved_fraction"] == 1.0
-    assert bench.replay(1e-2, 1e-1, torch.float16, 20_000, 5)["first_inf_step"] is not None  # large alpha: inf
-
-
-# -- zoft's estimator: the centred sample, H per tensor or block, a warm-up ------------------------------------
 def _bench(name: str):
     import importlib.util
     from pathlib import Path
@@ -250,6 +233,17 @@ def _bench(name: str):
     return module
 
 
+def test_the_published_fp16_update_leaves_h_at_one_where_fp32_moves_it():
+    # bench/hizoo_published_fp16.py replays the released code's H update in fp16 (its README's precision): at its
+    # alpha = 1e-8 the product underflows and (1 - alpha)·H rounds back to H, so H never leaves 1
+    bench = _bench("hizoo_published_fp16")
+    for dl in (1e-3, 1e-1):
+        assert bench.replay(1e-8, dl, torch.float16, 20_000, 5)["moved_fraction"] == 0.0
+    assert bench.replay(1e-8, 1e-1, torch.float32, 20_000, 5)["moved_fraction"] == 1.0
+    assert bench.replay(1e-2, 1e-1, torch.float16, 20_000, 5)["first_inf_step"] is not None  # large alpha: inf
+
+
+# -- zoft's estimator: the centred sample, H per tensor or block, a warm-up ------------------------------------
 def test_the_centred_block_rule_learns_the_curvature_shape_at_d_1000():
     # bench/hessian_shape.py: θ fixed on ½·Σ a_i θ_i², 10 blocks of curvature over 100×; one H per block learns
     # log a (R² ≥ 0.95, slope 0.9–1.1), where the released code's per-weight rule is noise at this size (R² ≈ 0)

@@ -54,7 +54,6 @@ class FZOO(ZOOptimizer):
         z = self.engine.noise(index, seed, probe=direction)
         self.ops.add_(self.tensors[index], z.sign_(), scale)
 
-
     def estimate(self, losses: list[float]) -> Estimate:
         probe_losses, loss0 = losses[:-1], losses[-1]
         mean = sum(probe_losses) / self.n

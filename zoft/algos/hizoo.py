@@ -39,6 +39,7 @@ from zoft.errors import ConfigError
 
 _H_MIN, _H_MAX = 1e-12, 1e30
 _RELATIVE_FLOOR = 1e-2  # centred estimator: H ≥ 1% of its mean
+_BLOCK = 4096           # --hessian-block's default
 
 OPTIONS = (
     Option("hessian_smooth", float, 1e-6, "α, the EMA coefficient of the diagonal Hessian H.", low=0, high=1),
@@ -50,7 +51,7 @@ OPTIONS = (
     Option("hessian_granularity", str, "weight", "How many weights share one H: weight (HiZOO), tensor, or block "
            "(--hessian-block consecutive weights of a tensor); zoft's, for research.",
            choices=("weight", "tensor", "block")),
-    Option("hessian_block", int, 4096, "Weights per H with --hessian-granularity block.", low=1),
+    Option("hessian_block", int, _BLOCK, "Weights per H with --hessian-granularity block.", low=1),
     Option("hessian_warmup", int, 0, "Steps that estimate H under plain MeZO probes and steps before the "
            "preconditioning starts (zoft's).", low=0),
     Option("allow_degenerate", bool, False, "Permit α = 0 (H stays 1: MeZO with a wasted forward).",
@@ -111,7 +112,8 @@ class HiZOO(ZOOptimizer):
         if max(alphas) == 0 and not options["allow_degenerate"]:
             raise ConfigError("--hessian-smooth 0 keeps H at 1, i.e. MeZO with a wasted forward; use a positive "
                               "value (default 1e-6) or add --allow-degenerate")
-        if options.get("hessian_granularity", "block") != "block" and options.get("hessian_block", 4096) != 4096:
+        if "hessian_block" in options and options["hessian_granularity"] != "block" and \
+                options["hessian_block"] != _BLOCK:   # (HiZOO-L takes neither option)
             raise ConfigError("--hessian-block sets the block of --hessian-granularity block; add that or drop "
                               "--hessian-block")
 
@@ -307,16 +309,18 @@ class HiZOO(ZOOptimizer):
             self.baseline, self.samples = record["baseline"], int(record["baseline_n"])
         p, group, z = self.tensors[index], self.hyper(index), self.engine.noise(index, seed)
         self._set_scale(t)
-        if not self.preconditioned(t):
-            self.ops.add_(p, z, group["eps"])
-            self._update_h(index, z, record["curvature"], self.alpha_at(t), preconditioned=False)
-            self.ops.scale_(p, self.decay_factor(index))
-            self.ops.add_(p, z, -group["lr"] * record["projected_grad"])
-            return
-        self.ops.addcdiv_(p, z, self._sqrt_h(index, 0), group["eps"])     # θ_orig, with the probe's H_old
-        self._update_h(index, z, record["curvature"], self.alpha_at(t))
+        pre = self.preconditioned(t)
+        self._along(index, z, group["eps"], pre)                           # θ_orig, with the probe's H_old
+        self._update_h(index, z, record["curvature"], self.alpha_at(t), preconditioned=pre)
         self.ops.scale_(p, self.decay_factor(index))
-        self.ops.addcdiv_(p, z, self._sqrt_h(index, 0), -group["lr"] * record["projected_grad"])  # H_new
+        self._along(index, z, -group["lr"] * record["projected_grad"], pre)   # along z/√H_new
+
+    def _along(self, index: int, z: torch.Tensor, value: float, preconditioned: bool) -> None:
+        """θ_i += value·z/√H_i, or value·z in the warm-up."""
+        if preconditioned:
+            self.ops.addcdiv_(self.tensors[index], z, self._sqrt_h(index, 0), value)
+        else:
+            self.ops.add_(self.tensors[index], z, value)
 
     def diagnostics(self) -> dict[str, float]:
         """Mean, spread and range of log H over all weights: H departing from 0 (= log 1) shows it learning."""
@@ -373,8 +377,8 @@ class HiZOOL(HiZOO):
             return super()._sqrt_h(index, slot)
         return self._build_h(index, slot).sqrt_()
 
-    def _update_h(self, index: int, z: torch.Tensor, c: float, alpha: float) -> None:
-        factors = self._factors(index)
+    def _update_h(self, index: int, z: torch.Tensor, c: float, alpha: float, preconditioned: bool = True) -> None:
+        factors = self._factors(index)   # (HiZOO-L has no warm-up: its probes are always preconditioned)
         if factors is None:
             return super()._update_h(index, z, c, alpha)
         row, col = factors

@@ -107,7 +107,6 @@ class LOZO(ZOOptimizer):
         else:
             self.engine.axpy_(index, seed, scale, direction)
 
-
     # -- P3 ---------------------------------------------------------------------------------------------------
     def update_tensor(self, index: int, seed: int, record: dict, t: int) -> None:
         p, c, lr, g = self.tensors[index], self.decay_factor(index), self.hyper(index)["lr"], record["projected_grad"]

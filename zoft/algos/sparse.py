@@ -149,7 +149,6 @@ class SparseMeZO(ZOOptimizer):
     def perturb_tensor(self, index: int, seed: int, scale: float, direction: int = 0) -> None:
         self.ops.add_(self.tensors[index], self.masked_noise(index, seed), scale)
 
-
     def update_tensor(self, index: int, seed: int, record: dict[str, Any], t: int) -> None:
         p, c, lr = self.tensors[index], self.decay_factor(index), self.hyper(index)["lr"]
         zm = self.masked_noise(index, seed)

@@ -45,14 +45,14 @@ import torch
 
 from zoft.algos.base import ZOOptimizer, state_dtype
 from zoft.algos.lowrank import CHUNK_ELEMENTS, add_product
-
-#: fp32 numbers per row block of TeZO-Adam's M̂ and V̂ (16 MiB): measured faster than cache-sized blocks, whose
-#: per-block temporaries (U⊙U) and calls cost more than the cache saves
-ADAM_BLOCK = 1 << 22
 from zoft.algos.mezo import ADAM_OPTIONS, MOMENTUM, adam_dense_update, dense_adam_state
 from zoft.algos.options import Option
 from zoft.errors import ConfigError
 from zoft.perturb import MIXED_CHUNK, mix, tag_id, tensor_seed
+
+#: fp32 numbers per row block of TeZO-Adam's M̂ and V̂ (16 MiB): measured faster than cache-sized blocks, whose
+#: per-block temporaries (U⊙U) and calls cost more than the cache saves
+ADAM_BLOCK = 1 << 22
 
 OPTIONS = (
     Option("rank", int, 32, "Rank r of each matrix's perturbation (capped at min(m, n)).", low=1),
@@ -225,7 +225,6 @@ class TeZO(ZOOptimizer):
         else:
             self.engine.axpy_(index, seed, scale, direction)
 
-
     # -- P3 -----------------------------------------------------------------------------------------------
     def update_tensor(self, index: int, seed: int, record: dict, t: int) -> None:
         p, c, lr, g = self.tensors[index], self.decay_factor(index), self.hyper(index)["lr"], record["projected_grad"]
@@ -300,7 +299,6 @@ class TeZOAdam(TeZO):
         factors = self.factors(index)
         self.add_lowrank(index, tau * (c * self.eps * s), beta=c, factors=factors)   # restore and decay: c·W_orig
         self._adam_step(index, m * (s / corrections[0]), v * (s * s / corrections[1]), group, factors)
-
 
     def transient_bytes(self) -> int:
         matrices = [(p, r) for p, r in zip(self.tensors, self.ranks) if r]
