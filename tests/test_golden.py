@@ -77,6 +77,10 @@ RUNS: dict[str, tuple[str, tuple[str, ...], str]] = {
     "hizoo-sr": ("opt", ("--algo", "hizoo", *_HIZOO, "--dtype", "bfloat16", "--stochastic-rounding"), "cli"),
     "tezo-adam-sr": ("llama", ("--algo", "tezo-adam", "--rank", "4", "--dtype", "bfloat16",
                                "--stochastic-rounding"), "cli"),
+    # bf16 rounded to nearest: P3 restores and steps each row block in one sweep
+    # (an lr and decay large enough that the step and c·W move bf16 weights by more than half an ulp)
+    "tezo-adam-bf16": ("opt", ("--algo", "tezo-adam", "--rank", "4", "--dtype", "bfloat16", "--lr", "1e-3",
+                               "--weight-decay", "2"), "cli"),
     "offload-mezo": ("opt", ("--algo", "mezo", "--offload", "cpu", "--weight-decay", "0.1"), "offload"),
     "offload-zo-adam-lora": ("llama", ("--algo", "zo-adam", "--offload", "cpu", "--mode", "lora"), "offload"),
     "offload-hizoo-l": ("llama", ("--algo", "hizoo-l", *_HIZOO, "--offload", "cpu"), "offload"),

@@ -339,3 +339,55 @@ def test_the_blocked_low_rank_add_is_the_sum_rounded_once_on_every_smollm2_shape
             with torch.no_grad():
                 add_product(opt, 0, left, right, beta)
             assert torch.equal(w.detach(), expected), (m, n, r)
+
+
+@pytest.mark.parametrize("block", [None, 1 << 12])
+def test_tezo_adams_one_sweep_restore_and_step_equals_the_two_sweeps_bit_for_bit(block, monkeypatch):
+    # TeZO-Adam restores and steps a bf16 weight in one sweep of row blocks (tezo.FUSED_BLOCK fp32 numbers each);
+    # it must equal the restore sweep (add_lowrank) followed by the Adam sweep (_adam_step) bit for bit. None: the
+    # real block on SmolLM2-135M's shapes (the embedding spans 27 blocks); 4096: blocks of the 16-row minimum, and
+    # 1540 rows leave 4, joined to the block before (101 × 70: blocks of 58 and 43 rows).
+    import zoft.algos.tezo as tezo
+
+    if block:
+        monkeypatch.setattr(tezo, "FUSED_BLOCK", block)
+    torch.manual_seed(0)
+    for m, n in [(49152, 576), (1536, 576), (576, 1536)] if block is None else [(1540, 576), (101, 70)]:
+        w = torch.randn(m, n).to(torch.bfloat16)
+        fused, apart = torch.nn.Parameter(w.clone()), torch.nn.Parameter(w.clone())
+        one, two = TeZOAdam([fused], lr=1e-3, rank=32), TeZOAdam([apart], lr=1e-3, rank=32)
+        r = one.ranks[0]
+        restore, m_hat, v_hat = torch.randn(r) * 1e-2, torch.randn(r) * 1e-2, torch.rand(r) * 1e-4
+        with torch.no_grad():
+            one._restore_and_step(0, restore, 0.999, m_hat, v_hat, one.hyper(0), one.factors(0))
+            two.add_lowrank(0, restore, beta=0.999, factors=two.factors(0))
+            two._adam_step(0, m_hat, v_hat, two.hyper(0), two.factors(0))
+        assert torch.equal(fused, apart), (m, n)
+        assert (fused != w).float().mean() > 0.5, (m, n)   # the step moved most weights
+
+
+def test_row_blocks_cover_every_row_once_and_never_run_shorter_than_the_kernel_minimum():
+    from zoft.algos.lowrank import MIN_ROWS, block_rows, row_blocks
+
+    for m, rows in [(1, 455), (15, 4), (16, 16), (458, 455), (470, 455), (49152, 455), (1540, 7), (100, 1000)]:
+        blocks = list(row_blocks(m, rows))
+        assert blocks[0][0] == 0 and blocks[-1][1] == m
+        assert all(a < b and b == c for (a, b), (c, _) in zip(blocks, blocks[1:] + [(m, None)]))
+        assert all(b - a >= MIN_ROWS for a, b in blocks) or len(blocks) == 1, (m, rows, blocks)
+        assert max(b - a for a, b in blocks) <= block_rows(m, rows, 1), (m, rows)   # the buffer holds every block
+    assert list(row_blocks(458, 455)) == [(0, 458)] and list(row_blocks(471, 455)) == [(0, 455), (455, 471)]
+    assert list(row_blocks(40, 7)) == [(0, 16), (16, 40)]   # 7-row blocks rise to 16; the 8 left join the last
+
+
+@pytest.mark.parametrize("m, rows", [(456, 455), (1540, 7), (49152, 1820), (600, 12)])
+def test_products_by_row_blocks_equal_the_whole_product_bit_for_bit(m, rows):
+    # What the blocked passes rely on: each block's product is the whole product's rows. MKL sums an operand of a
+    # few rows (1 of 456 rows with 455-row blocks; 7-row blocks) by another kernel, off in the last bit of ~450
+    # numbers a row; row_blocks never yields such a block. (The bf16 rounding hides most of that, hence fp32 here.)
+    from zoft.algos.lowrank import row_blocks
+
+    torch.manual_seed(0)
+    left, right = torch.randn(m, 32), torch.randn(576, 32)
+    whole = left @ right.t()
+    blocked = torch.cat([left[a:b] @ right.t() for a, b in row_blocks(m, rows)])
+    assert torch.equal(blocked, whole)

@@ -16,10 +16,33 @@ checked on every matrix shape of SmolLM2 (`tests/algos/test_tezo.py`).
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 #: fp32 numbers per row block when an m×n product must exist (bf16/fp16 weights): 1 MiB, cache-sized
 CHUNK_ELEMENTS = 1 << 18
+#: the fewest rows a block has. MKL multiplies an operand of fewer than 12 rows (not a multiple of 4) by another
+#: kernel whose sums differ from the big kernel's in the last bit (2-core AVX-512 CPU, torch 2.13), so a block that
+#: short would make the result depend on where the blocks fall; a short last block joins the one before it.
+MIN_ROWS = 16
+
+
+def row_blocks(m: int, rows: int) -> Iterator[tuple[int, int]]:
+    """(start, stop) of consecutive blocks of `rows` rows (at least MIN_ROWS) over m rows; the last block takes the
+    remainder, or joins the previous one when the remainder is shorter than MIN_ROWS. Blocks have at most
+    rows + MIN_ROWS − 1 rows."""
+    rows = max(rows, MIN_ROWS)
+    starts = list(range(0, m, rows))
+    if len(starts) > 1 and m - starts[-1] < MIN_ROWS:
+        starts.pop()
+    for a, b in zip(starts, [*starts[1:], m]):
+        yield a, b
+
+
+def block_rows(m: int, elements: int, n: int) -> int:
+    """Rows of the largest block `row_blocks(m, elements // n)` yields: the size of its reused buffer."""
+    return min(m, max(elements // n, MIN_ROWS) + MIN_ROWS - 1)
 
 
 def add_product(opt, index: int, left: torch.Tensor, right: torch.Tensor, beta: float = 1.0) -> None:
@@ -29,16 +52,20 @@ def add_product(opt, index: int, left: torch.Tensor, right: torch.Tensor, beta: 
         p.addmm_(left, right.t(), beta=beta)
         return
     m, n = p.shape
-    rows = max(1, CHUNK_ELEMENTS // n)
-    buf = opt.engine.work("block", min(rows, m) * n, p.device, left.dtype)
+    buf = opt.engine.work("block", block_rows(m, CHUNK_ELEMENTS, n) * n, p.device, left.dtype)
     rt = right.t()
     rounded_by_chunks = opt.ops.chunked(p)   # stochastic rounding or exact-bf16 residuals: the chunked path
-    for a in range(0, m, rows):
-        lb, target = left[a:a + rows], p[a:a + rows]
-        acc = buf[:lb.shape[0] * n].view(lb.shape[0], n)
-        opt.ops.scale_(target, beta)
-        if rounded_by_chunks:
-            opt.ops.add_(target, torch.mm(lb, rt, out=acc))
-            continue
-        acc.copy_(target).addmm_(lb, rt)   # fp32(W) + L·Rᵀ, bitwise the sum of W and the separate product
-        target.copy_(acc)                  # one round-to-nearest back to W's dtype
+    for a, b in row_blocks(m, CHUNK_ELEMENTS // n):
+        add_rows(opt, p[a:b], left[a:b], rt, beta, buf[:(b - a) * n].view(b - a, n), rounded_by_chunks)
+
+
+def add_rows(opt, target: torch.Tensor, left: torch.Tensor, right_t: torch.Tensor, beta: float, acc: torch.Tensor,
+             rounded_by_chunks: bool) -> None:
+    """target ← β·target + left·right_t on one row block of a half-precision weight, through the fp32 block `acc`
+    (target's shape): the product is added to the widened weight and the sum rounded once."""
+    opt.ops.scale_(target, beta)
+    if rounded_by_chunks:
+        opt.ops.add_(target, torch.mm(left, right_t, out=acc))
+        return
+    acc.copy_(target).addmm_(left, right_t)   # fp32(W) + L·Rᵀ, bitwise the sum of W and the separate product
+    target.copy_(acc)                         # one round-to-nearest back to W's dtype

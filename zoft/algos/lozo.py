@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from zoft.algos.base import ZOOptimizer, state_dtype
-from zoft.algos.lowrank import CHUNK_ELEMENTS, add_product
+from zoft.algos.lowrank import CHUNK_ELEMENTS, add_product, block_rows
 from zoft.algos.mezo import MOMENTUM
 from zoft.algos.options import Option
 from zoft.perturb import MIXED_CHUNK, mix, step_seed, tag_id, tensor_seed
@@ -137,7 +137,8 @@ class LOZO(ZOOptimizer):
         factor = max((p.shape[0] * r * 4 for p, r in matrices), default=0)
         blocks = 0
         if any(p.dtype not in (torch.float32, torch.float64) for p, _ in matrices):
-            blocks = 4 * min(CHUNK_ELEMENTS, max(p.numel() for p, _ in matrices)) + 4 * MIXED_CHUNK
+            blocks = 4 * max(block_rows(p.shape[0], CHUNK_ELEMENTS, p.shape[1]) * p.shape[1]
+                             for p, _ in matrices) + 4 * MIXED_CHUNK
         return (self.engine.pass_bytes(True, dense_idx) if dense_idx else 0) + 2 * factor + blocks
 
 

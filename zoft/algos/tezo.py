@@ -30,10 +30,12 @@ Memory. Persistent: U and V, (m + n)·r numbers per matrix, cached on the device
 their seeds, never checkpointed, and with tezo_factors="regenerate" not even kept: each pass draws them again.
 Moments: r (TeZO-m) or 2r (TeZO-Adam) fp32 per matrix, plus dense fp32 state for the 1-D tensors.
 Transient, per matrix: a min(m, n)×r product of a factor with the coefficients (the low-rank product is added by
-`addmm_` straight into W's storage, so no m×n noise matrix ever exists for fp32 weights). For bf16/fp16 weights
-and for TeZO-Adam's M̂ and V̂, the m×n products are built in row blocks of at most 4 M fp32 numbers (16 MiB) each:
-TeZO-Adam's peak extra transient is two such blocks. Nothing is the size of the largest tensor except the
-engine's z buffer, which only 1-D tensors use.
+`addmm_` straight into W's storage, so no m×n noise matrix ever exists for fp32 weights). bf16/fp16 weights are
+widened, summed and rounded in row blocks of 1 MiB of fp32 (`zoft.algos.lowrank`). TeZO-Adam builds M̂ and V̂ in
+row blocks of 16 MiB for fp32 weights (and under stochastic rounding or exact bf16), two blocks at a time; for
+bf16/fp16 weights rounded to nearest it restores and steps each 4 MiB row block in one sweep (three blocks at
+a time, 12 MiB), which saves a sweep over the weights and is bitwise the same. Nothing is the size of the
+largest tensor except the engine's z buffer, which only 1-D tensors use.
 """
 
 from __future__ import annotations
@@ -44,7 +46,7 @@ from collections.abc import Sequence
 import torch
 
 from zoft.algos.base import ZOOptimizer, state_dtype
-from zoft.algos.lowrank import CHUNK_ELEMENTS, add_product
+from zoft.algos.lowrank import CHUNK_ELEMENTS, add_product, add_rows, block_rows, row_blocks
 from zoft.algos.mezo import ADAM_OPTIONS, MOMENTUM, adam_dense_update, dense_adam_state
 from zoft.algos.options import Option
 from zoft.errors import ConfigError
@@ -53,6 +55,8 @@ from zoft.perturb import MIXED_CHUNK, mix, tag_id, tensor_seed
 #: fp32 numbers per row block of TeZO-Adam's M̂ and V̂ (16 MiB): measured faster than cache-sized blocks, whose
 #: per-block temporaries (U⊙U) and calls cost more than the cache saves
 ADAM_BLOCK = 1 << 22
+#: fp32 numbers per row block when TeZO-Adam restores and steps a bf16/fp16 weight in one sweep
+FUSED_BLOCK = 1 << 20
 
 OPTIONS = (
     Option("rank", int, 32, "Rank r of each matrix's perturbation (capped at min(m, n)).", low=1),
@@ -165,7 +169,8 @@ class TeZO(ZOOptimizer):
         factor = max((min(p.shape) * r * 4 for p, r in matrices), default=0)
         blocks = 0
         if any(p.dtype not in (torch.float32, torch.float64) for p, _ in matrices):
-            blocks = 4 * min(CHUNK_ELEMENTS, max(p.numel() for p, _ in matrices)) + 4 * MIXED_CHUNK
+            blocks = 4 * max(block_rows(p.shape[0], CHUNK_ELEMENTS, p.shape[1]) * p.shape[1]
+                             for p, _ in matrices) + 4 * MIXED_CHUNK
         z = self.engine.pass_bytes(True, dense_idx) if dense_idx else 0
         return z + 4 * dense * self.scratch_slots + factor + blocks
 
@@ -297,17 +302,47 @@ class TeZOAdam(TeZO):
         v.mul_(group["beta2"]).addcmul_(tau, tau, value=(1.0 - group["beta2"]) * g * g)
         s = self.scale(index)
         factors = self.factors(index)
+        m_hat, v_hat = m * (s / corrections[0]), v * (s * s / corrections[1])
+        if p.dtype != factors[0].dtype and not self.ops.chunked(p):
+            # half-precision weights rounded to nearest: restore and step in one sweep of cache-sized row blocks
+            self._restore_and_step(index, tau * (c * self.eps * s), c, m_hat, v_hat, group, factors)
+            return
         self.add_lowrank(index, tau * (c * self.eps * s), beta=c, factors=factors)   # restore and decay: c·W_orig
-        self._adam_step(index, m * (s / corrections[0]), v * (s * s / corrections[1]), group, factors)
+        self._adam_step(index, m_hat, v_hat, group, factors)
 
     def transient_bytes(self) -> int:
         matrices = [(p, r) for p, r in zip(self.tensors, self.ranks) if r]
         if not matrices:
             return super().transient_bytes()
-        # numerator and denominator row blocks, U⊙U of a block, and (V⊙m̂, V⊙V⊙v̂) of the widest matrix
-        block = 4 * min(ADAM_BLOCK, max(p.numel() for p, _ in matrices))
+        # numerator and denominator row blocks, U⊙U of a block, and (V⊙m̂, V⊙V⊙v̂) of the widest matrix; an upper
+        # bound for half-precision weights too, whose one-sweep path holds three 4 MiB blocks instead of two 16 MiB
+        block = 4 * max(block_rows(p.shape[0], ADAM_BLOCK, p.shape[1]) * p.shape[1] for p, _ in matrices)
         widest = max(p.shape[1] * r for p, r in matrices) * 4
         return super().transient_bytes() + 2 * block + 3 * widest
+
+    def _restore_and_step(self, index: int, restore: torch.Tensor, c: float, m_hat: torch.Tensor,
+                          v_hat: torch.Tensor, group: dict, factors: tuple[torch.Tensor, torch.Tensor]) -> None:
+        """`add_lowrank(restore, beta=c)` then `_adam_step`, block by block: each row block of a bf16/fp16 weight
+        is restored (widened, the product added, rounded once) and then stepped while it is still in cache.
+        Bitwise the same as the two sweeps, whose arithmetic is per row block too; only for round-to-nearest,
+        since stochastic rounding draws its bits in the order of the calls."""
+        p = self.tensors[index]
+        u, v = factors
+        m, n = p.shape
+        rt, vm, vv = (v * restore).t(), (v * m_hat).t(), (v * v * v_hat).t()
+        size = block_rows(m, FUSED_BLOCK, n) * n
+        acc = self.engine.work("block", size, p.device, u.dtype)
+        num_buf = self.engine.work("block2", size, p.device, u.dtype)
+        den_buf = self.engine.work("block3", size, p.device, u.dtype)
+        for a, b in row_blocks(m, FUSED_BLOCK // n):
+            ub, target, k = u[a:b], p[a:b], b - a
+            block = acc[:k * n].view(k, n)
+            add_rows(self, target, ub, rt, c, block, False)
+            num = torch.mm(ub, vm, out=num_buf[:k * n].view(k, n))
+            den = torch.mm(ub * ub, vv, out=den_buf[:k * n].view(k, n))
+            den.sqrt_().add_(group["adam_eps"])
+            block.copy_(target).addcdiv_(num, den, value=-group["lr"])   # as `ops.addcdiv_` widens and rounds
+            target.copy_(block)
 
     def _adam_step(self, index: int, m_hat: torch.Tensor, v_hat: torch.Tensor, group: dict,
                    factors: tuple[torch.Tensor, torch.Tensor]) -> None:
@@ -316,14 +351,12 @@ class TeZOAdam(TeZO):
         u, v = factors
         n = p.shape[1]
         vm, vv = (v * m_hat).t(), (v * v * v_hat).t()
-        rows = max(1, ADAM_BLOCK // n)
-        size = min(rows, p.shape[0]) * n
+        size = block_rows(p.shape[0], ADAM_BLOCK, n) * n
         num_buf = self.engine.work("block", size, p.device, u.dtype)
         den_buf = self.engine.work("block2", size, p.device, u.dtype)
-        for a in range(0, p.shape[0], rows):
-            ub = u[a:a + rows]
-            k = ub.shape[0]
+        for a, b in row_blocks(p.shape[0], ADAM_BLOCK // n):
+            ub, k = u[a:b], b - a
             num = torch.mm(ub, vm, out=num_buf[:k * n].view(k, n))
             den = torch.mm(ub * ub, vv, out=den_buf[:k * n].view(k, n))
             den.sqrt_().add_(group["adam_eps"])
-            self.ops.addcdiv_(p[a:a + rows], num, den, -group["lr"])
+            self.ops.addcdiv_(p[a:b], num, den, -group["lr"])
