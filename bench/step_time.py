@@ -8,6 +8,10 @@ it in place). This prints, measured in one run on the same batch:
                  134.5 M parameters and add it in place; TeZO draws r numbers per matrix and adds a rank-r product
     step         the algorithm's step (its forwards and passes: MeZO 2 + 3, HiZOO 3 + 3, ZO-SGD-Cons 5 + 5)
     ratio        step / (forwards per step × forward): 1.0 would be the physical floor
+    products     the time per step in matrix products outside the forwards (aten::mm/addmm, from torch's
+                 profiler): TeZO's, LOZO's and SubZero's rank-r products and TeZO-Adam's moment products. Their
+                 bits fix the trajectory, so (forwards + products) / forwards is the lowest ratio any implementation
+                 with the same bits reaches with this BLAS: the `floor` column
     peak         peak resident memory of the process while stepping (VmHWM after resetting it; tracemalloc
                  cannot see tensors); `extra` is that peak minus the resident memory after loading the model and
                  running the forwards (weights, activations, torch itself), i.e. what the optimizer adds: its
@@ -60,6 +64,30 @@ def interleaved(fns, repeats: int) -> list[float]:
             fn()
             bucket.append(time.perf_counter() - t)
     return [statistics.median(b) for b in times]
+
+
+def product_seconds(opt, loss_fn, steps: int = 2) -> float:
+    """Seconds per step that `opt.step` spends in matrix products outside its forwards (self time of aten::mm and
+    aten::addmm(_) in torch's profiler; products inside the forwards are excluded by their record_function)."""
+    from torch.profiler import profile, record_function
+
+    def closure():
+        with record_function("forward"):
+            return loss_fn()
+
+    def in_forward(event) -> bool:
+        while event is not None:
+            if event.name == "forward":
+                return True
+            event = event.cpu_parent
+        return False
+
+    with profile() as prof:
+        for _ in range(steps):
+            opt.step(closure)
+    total = sum(e.self_cpu_time_total for e in prof.events()
+                if e.name in ("aten::mm", "aten::addmm", "aten::addmm_") and not in_forward(e))
+    return total / 1e6 / steps
 
 
 def reference_mezo_step(model, loss_fn, eps: float = 1e-3, lr: float = 1e-6, seed: int = 0):
@@ -150,6 +178,9 @@ def main() -> None:
                                             args.repeats)
     peak = peak_memory()
     k = opt.forwards_per_step
+    # FO-Adam's products outside its forward are its backward pass: no floor of this kind
+    t_products = 0.0 if getattr(opt, "first_order", False) else product_seconds(
+        opt, lambda: classification_loss(model, batch))
     before = opt.engine.passes
     opt.step(lambda: classification_loss(model, batch))
     passes = opt.engine.passes - before  # one step's passes, as the engine counts them
@@ -159,15 +190,19 @@ def main() -> None:
               "rows": int(batch[0].input_ids.shape[0]), "tokens": tokens, "threads": torch.get_num_threads(),
               "forward_s": round(t_forward, 4), "pass_s": round(t_pass, 4), "step_s": round(t_step, 4),
               "forwards_per_step": k, "ratio_step_over_forwards": round(t_step / (k * t_forward), 3),
+              "products_s": round(t_products, 4), "floor_ratio": round(1 + t_products / (k * t_forward), 3),
               "peak_rss_bytes": peak, "rss_before_optimizer_bytes": base_rss, "extra_peak_bytes": peak - base_rss,
               "state_bytes": opt.state_bytes(), "state_breakdown": opt.state_breakdown()}
-    print(f"SmolLM2-135M {args.dtype}{' exact' if args.exact_bf16 else ''}, {args.algo}, noise {args.noise}, batch {args.batch_size} examples ({result['rows']} rows, "
-          f"{tokens} tokens), {result['threads']} threads")
+    print(f"SmolLM2-135M {args.dtype}{' exact' if args.exact_bf16 else ''}, {args.algo}, noise {args.noise}, "
+          f"batch {args.batch_size} examples ({result['rows']} rows, {tokens} tokens), {result['threads']} threads")
     print(f"  forward      {t_forward:.3f} s")
     print(f"  pass         {t_pass:.3f} s   (one perturbation of {sum(p.numel() for p in opt.engine.params):,} "
           "params, in place)")
     print(f"  step         {t_step:.3f} s   ({k} forwards + {passes:.0f} passes)")
     print(f"  ratio        {result['ratio_step_over_forwards']:.2f}× {k} forwards")
+    if t_products:
+        print(f"  products     {t_products:.3f} s a step (matrix products outside the forwards: the ratio cannot go "
+              f"below {result['floor_ratio']:.2f}× without changing their bits)")
     print(f"  peak RSS     {peak / 2**30:.2f} GiB, {(peak - base_rss) / 2**20:.0f} MiB over inference "
           f"(optimizer state {opt.state_bytes() / 2**20:.1f} MiB)")
     if args.compare_reference:
@@ -194,14 +229,16 @@ def run_all(args, names: list[str]) -> None:
         rows.append(json.loads(out.strip().splitlines()[-1]))
     by = {r["algo"]: r for r in rows}
     mezo, adam = by["mezo"], by.get("zo-adam")
-    print(f"\n{'algo':10s} {'step/fwds':>10s} {'pass s':>7s} {'peak GiB':>9s} {'extra MiB':>10s} {'vs mezo':>8s} "
-          f"{'vs zo-adam':>10s} {'state MiB':>10s}")
+    print(f"\n{'algo':10s} {'step/fwds':>10s} {'floor':>6s} {'pass s':>7s} {'peak GiB':>9s} {'extra MiB':>10s} "
+          f"{'vs mezo':>8s} {'vs zo-adam':>10s} {'state MiB':>10s}")
     for r in rows:
         vs_adam = f"{r['extra_peak_bytes'] / adam['extra_peak_bytes']:>9.2f}×" if adam else ""
-        print(f"{r['algo']:10s} {r['ratio_step_over_forwards']:>9.2f}× {r['pass_s']:>7.3f} "
+        floor = f"{r['floor_ratio']:.2f}×" if r["products_s"] else "–"
+        print(f"{r['algo']:10s} {r['ratio_step_over_forwards']:>9.2f}× {floor:>6s} {r['pass_s']:>7.3f} "
               f"{r['peak_rss_bytes'] / 2**30:>9.2f} {r['extra_peak_bytes'] / 2**20:>10.0f} "
               f"{r['extra_peak_bytes'] / mezo['extra_peak_bytes']:>7.2f}× {vs_adam} {r['state_bytes'] / 2**20:>10.1f}")
-    print("(vs mezo / vs zo-adam compare the memory each optimizer adds over inference)")
+    print("(vs mezo / vs zo-adam compare the memory each optimizer adds over inference; floor: the ratio with "
+          "nothing but the step's matrix products beside its forwards)")
 
 
 if __name__ == "__main__":
