@@ -65,7 +65,9 @@ if triton is not None:
             step = tl.load(coef_ptr + j) * z
             if HAS_H:
                 h = tl.load(h_addr_ptr + j).to(tl.pointer_type(tl.float32))
-                step = step / tl.sqrt_rn(tl.load(h + offs, mask=mask, other=1.0))  # torch.sqrt's rounding
+                # IEEE-rounded root and division, as torch.sqrt and addcdiv_ on CUDA (Triton's sqrt and `/` may
+                # be approximate): the probe and the eager restore must divide by the same number
+                step = tl.div_rn(step, tl.sqrt_rn(tl.load(h + offs, mask=mask, other=1.0)))
             x = tl.load(p + offs, mask=mask).to(tl.float32)
             tl.store(p + offs, (tl.load(decay_ptr + j) * x + step).to(DTYPE), mask=mask)
 
