@@ -338,9 +338,7 @@ class TeZOAdam(TeZO):
             ub, target, k = u[a:b], p[a:b], b - a
             block = acc[:k * n].view(k, n)
             add_rows(self, target, ub, rt, c, block, False)
-            num = torch.mm(ub, vm, out=num_buf[:k * n].view(k, n))
-            den = torch.mm(ub * ub, vv, out=den_buf[:k * n].view(k, n))
-            den.sqrt_().add_(group["adam_eps"])
+            num, den = self._moments(ub, vm, vv, num_buf, den_buf, group["adam_eps"])
             block.copy_(target).addcdiv_(num, den, value=-group["lr"])   # as `ops.addcdiv_` widens and rounds
             target.copy_(block)
 
@@ -355,8 +353,14 @@ class TeZOAdam(TeZO):
         num_buf = self.engine.work("block", size, p.device, u.dtype)
         den_buf = self.engine.work("block2", size, p.device, u.dtype)
         for a, b in row_blocks(p.shape[0], ADAM_BLOCK // n):
-            ub, k = u[a:b], b - a
-            num = torch.mm(ub, vm, out=num_buf[:k * n].view(k, n))
-            den = torch.mm(ub * ub, vv, out=den_buf[:k * n].view(k, n))
-            den.sqrt_().add_(group["adam_eps"])
-            self.ops.addcdiv_(p[a:b], num, den, -group["lr"])
+            self.ops.addcdiv_(p[a:b], *self._moments(u[a:b], vm, vv, num_buf, den_buf, group["adam_eps"]),
+                              -group["lr"])
+
+    @staticmethod
+    def _moments(ub: torch.Tensor, vm: torch.Tensor, vv: torch.Tensor, num_buf: torch.Tensor, den_buf: torch.Tensor,
+                 delta: float) -> tuple[torch.Tensor, torch.Tensor]:
+        """M̂ and √V̂ + δ of the row block whose rows of U are `ub`, written into the reused buffers."""
+        k, n = ub.shape[0], vm.shape[1]
+        num = torch.mm(ub, vm, out=num_buf[:k * n].view(k, n))
+        den = torch.mm(ub * ub, vv, out=den_buf[:k * n].view(k, n))
+        return num, den.sqrt_().add_(delta)
