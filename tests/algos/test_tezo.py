@@ -359,7 +359,7 @@ def test_tezo_adams_one_sweep_restore_and_step_equals_the_two_sweeps_bit_for_bit
         r = one.ranks[0]
         restore, m_hat, v_hat = torch.randn(r) * 1e-2, torch.randn(r) * 1e-2, torch.rand(r) * 1e-4
         with torch.no_grad():
-            one._restore_and_step(0, restore, 0.999, m_hat, v_hat, one.hyper(0), one.factors(0))
+            one._adam_step(0, m_hat, v_hat, one.hyper(0), one.factors(0), restore, 0.999)
             two.add_lowrank(0, restore, beta=0.999, factors=two.factors(0))
             two._adam_step(0, m_hat, v_hat, two.hyper(0), two.factors(0))
         assert torch.equal(fused, apart), (m, n)

@@ -303,11 +303,11 @@ class TeZOAdam(TeZO):
         s = self.scale(index)
         factors = self.factors(index)
         m_hat, v_hat = m * (s / corrections[0]), v * (s * s / corrections[1])
-        if p.dtype != factors[0].dtype and not self.ops.chunked(p):
-            # half-precision weights rounded to nearest: restore and step in one sweep of cache-sized row blocks
-            self._restore_and_step(index, tau * (c * self.eps * s), c, m_hat, v_hat, group, factors)
+        restore = tau * (c * self.eps * s)   # restore and decay: c·W_orig
+        if p.dtype != factors[0].dtype and not self.ops.chunked(p):   # half precision, rounded to nearest
+            self._adam_step(index, m_hat, v_hat, group, factors, restore, c)   # in the step's own sweep
             return
-        self.add_lowrank(index, tau * (c * self.eps * s), beta=c, factors=factors)   # restore and decay: c·W_orig
+        self.add_lowrank(index, restore, beta=c, factors=factors)
         self._adam_step(index, m_hat, v_hat, group, factors)
 
     def transient_bytes(self) -> int:
@@ -320,47 +320,29 @@ class TeZOAdam(TeZO):
         widest = max(p.shape[1] * r for p, r in matrices) * 4
         return super().transient_bytes() + 2 * block + 3 * widest
 
-    def _restore_and_step(self, index: int, restore: torch.Tensor, c: float, m_hat: torch.Tensor,
-                          v_hat: torch.Tensor, group: dict, factors: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """`add_lowrank(restore, beta=c)` then `_adam_step`, block by block: each row block of a bf16/fp16 weight
-        is restored (widened, the product added, rounded once) and then stepped while it is still in cache.
-        Bitwise the same as the two sweeps, whose arithmetic is per row block too; only for round-to-nearest,
-        since stochastic rounding draws its bits in the order of the calls."""
+    def _adam_step(self, index: int, m_hat: torch.Tensor, v_hat: torch.Tensor, group: dict,
+                   factors: tuple[torch.Tensor, torch.Tensor], restore: torch.Tensor | None = None,
+                   c: float = 1.0) -> None:
+        """W ← W − η·(U diag(m̂) Vᵀ) / (√((U⊙U) diag(v̂) (V⊙V)ᵀ) + δ), built in row blocks of 16 MiB.
+
+        With `restore` (bf16/fp16 weights rounded to nearest), each row block (4 MiB) is first restored as
+        `add_lowrank(restore, beta=c)` would do it (widened, the product added, rounded once) and stepped while it
+        is still in cache: one sweep over the weight instead of two, bitwise the same since both work per row
+        block. Not under stochastic rounding, which draws its bits in the order of the calls."""
         p = self.tensors[index]
         u, v = factors
         m, n = p.shape
-        rt, vm, vv = (v * restore).t(), (v * m_hat).t(), (v * v * v_hat).t()
-        size = block_rows(m, FUSED_BLOCK, n) * n
-        acc = self.engine.work("block", size, p.device, u.dtype)
+        vm, vv = (v * m_hat).t(), (v * v * v_hat).t()
+        elements = ADAM_BLOCK if restore is None else FUSED_BLOCK
+        size = block_rows(m, elements, n) * n
         num_buf = self.engine.work("block2", size, p.device, u.dtype)
         den_buf = self.engine.work("block3", size, p.device, u.dtype)
-        for a, b in row_blocks(m, FUSED_BLOCK // n):
-            ub, target, k = u[a:b], p[a:b], b - a
-            block = acc[:k * n].view(k, n)
-            add_rows(self, target, ub, rt, c, block, False)
-            num, den = self._moments(ub, vm, vv, num_buf, den_buf, group["adam_eps"])
-            block.copy_(target).addcdiv_(num, den, value=-group["lr"])   # as `ops.addcdiv_` widens and rounds
-            target.copy_(block)
-
-    def _adam_step(self, index: int, m_hat: torch.Tensor, v_hat: torch.Tensor, group: dict,
-                   factors: tuple[torch.Tensor, torch.Tensor]) -> None:
-        """W ← W − η·(U diag(m̂) Vᵀ) / (√((U⊙U) diag(v̂) (V⊙V)ᵀ) + δ), built in row blocks of ≤ 16 MiB each."""
-        p = self.tensors[index]
-        u, v = factors
-        n = p.shape[1]
-        vm, vv = (v * m_hat).t(), (v * v * v_hat).t()
-        size = block_rows(p.shape[0], ADAM_BLOCK, n) * n
-        num_buf = self.engine.work("block", size, p.device, u.dtype)
-        den_buf = self.engine.work("block2", size, p.device, u.dtype)
-        for a, b in row_blocks(p.shape[0], ADAM_BLOCK // n):
-            self.ops.addcdiv_(p[a:b], *self._moments(u[a:b], vm, vv, num_buf, den_buf, group["adam_eps"]),
-                              -group["lr"])
-
-    @staticmethod
-    def _moments(ub: torch.Tensor, vm: torch.Tensor, vv: torch.Tensor, num_buf: torch.Tensor, den_buf: torch.Tensor,
-                 delta: float) -> tuple[torch.Tensor, torch.Tensor]:
-        """M̂ and √V̂ + δ of the row block whose rows of U are `ub`, written into the reused buffers."""
-        k, n = ub.shape[0], vm.shape[1]
-        num = torch.mm(ub, vm, out=num_buf[:k * n].view(k, n))
-        den = torch.mm(ub * ub, vv, out=den_buf[:k * n].view(k, n))
-        return num, den.sqrt_().add_(delta)
+        if restore is not None:
+            acc, rt = self.engine.work("block", size, p.device, u.dtype), (v * restore).t()
+        for a, b in row_blocks(m, elements // n):
+            ub, k = u[a:b], b - a
+            if restore is not None:
+                add_rows(self, p[a:b], ub, rt, c, acc[:k * n].view(k, n), False)
+            num = torch.mm(ub, vm, out=num_buf[:k * n].view(k, n))
+            den = torch.mm(ub * ub, vv, out=den_buf[:k * n].view(k, n)).sqrt_().add_(group["adam_eps"])
+            self.ops.addcdiv_(p[a:b], num, den, -group["lr"])
