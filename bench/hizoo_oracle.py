@@ -72,7 +72,6 @@ class OraclePreconditioned(HiZOO):
         self.ops.addcdiv_(p, z, sqrt_h, -group["lr"] * record["projected_grad"])    # θ − η·g·z/√H
 
 
-
 def build(mode: str, dtype: str, seed: int):
     model, tokenizer, _ = load_model("smollm2-135m", dtype, "cpu")
     return attach(model, mode, seed=seed, adapter_dtype=torch.float32), tokenizer

@@ -178,12 +178,11 @@ def main() -> None:
                                             args.repeats)
     peak = peak_memory()
     k = opt.forwards_per_step
-    # FO-Adam's products outside its forward are its backward pass: no floor of this kind
-    t_products = 0.0 if getattr(opt, "first_order", False) else product_seconds(
-        opt, lambda: classification_loss(model, batch))
     before = opt.engine.passes
-    opt.step(lambda: classification_loss(model, batch))
-    passes = opt.engine.passes - before  # one step's passes, as the engine counts them
+    t_products = product_seconds(opt, lambda: classification_loss(model, batch), steps=2)
+    passes = (opt.engine.passes - before) / 2  # one step's passes, as the engine counts them
+    if getattr(opt, "first_order", False):  # FO-Adam's products outside its forward are its backward: no floor
+        t_products = 0.0
     tokens = int(batch[0].attention_mask.sum())
     result = {"model": "SmolLM2-135M", "algo": args.algo, "dtype": args.dtype, "noise": args.noise,
               "exact_bf16": args.exact_bf16, "batch_examples": args.batch_size,
